@@ -1,0 +1,225 @@
+"""The `runner` command (also `python -m runner`): argument parsing and dispatch, nothing else.
+
+    runner models --classes 10
+    runner data prepare kaggle:DIR data/cifar10-mini
+    runner train --data data/cifar10-mini --model wrn --depth 16 --width 4 --epochs 1
+    runner check experiments/*.yaml
+    runner run experiments/smoke.yaml
+    runner register SPEC_NAME | runner submit ... | runner score SUB SOLUTION | runner report SPEC_NAME
+
+User mistakes end with `runner: error: <file/row/field and the fix>` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("runner: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as err:  # every user-facing error class of the project derives from ValueError
+        print(f"runner: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = commands.add_parser("models", help="every architecture preset with its real parameter count")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--max-params", type=int, default=5_000_000)
+    p.set_defaults(handler=_models)
+
+    p = commands.add_parser("data", help="prepare a data set (Parquet + meta.json)")
+    data_commands = p.add_subparsers(metavar="ACTION")
+    prep = data_commands.add_parser("prepare", help="SOURCE OUT; SOURCE: kaggle:DIR folder:DIR cifar10 cifar100 "
+                                                    "parquet:FILE synthetic[:N]")
+    prep.add_argument("source")
+    prep.add_argument("out")
+    prep.add_argument("--resize", action="store_true", help="resize images of another size instead of refusing")
+    prep.add_argument("--from", dest="from_dir", help="already-downloaded CIFAR batches")
+    prep.add_argument("--overwrite", action="store_true")
+    prep.set_defaults(handler=_data_prepare)
+
+    p = commands.add_parser("train", help="one trial in this process, no Ray")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--model", default="wrn")
+    p.add_argument("--depth", type=_number)
+    p.add_argument("--width", type=_number)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
+    p.add_argument("--out", help="directory for the per-epoch checkpoint (state.pt)")
+    p.add_argument("--resume", help="a checkpoint (state.pt or its directory) to continue from")
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser("check", help="validate specs and print the resolved trials; spends nothing")
+    p.add_argument("specs", nargs="+")
+    _spec_overrides(p)
+    p.set_defaults(handler=_check)
+
+    p = commands.add_parser("run", help="run a spec as a Ray Tune grid of Ray Train trials")
+    p.add_argument("spec")
+    _spec_overrides(p)
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster can place)")
+    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo")
+    p.add_argument("--storage", help="Ray storage path or URI (default $RUNNER_STORAGE or ./results)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="EXPERIMENT",
+                   help="continue an interrupted invocation (default: the latest of this spec)")
+    p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset")
+    p.add_argument("--register", metavar="MODEL_NAME", help="register the best in-budget trial under this name")
+    p.add_argument("--submission", metavar="FILE", help="write a submission from the registered model")
+    p.add_argument("--tta", type=int, default=1)
+    p.set_defaults(handler=_run)
+
+    p = commands.add_parser("register", help="register the best in-budget trial of a spec's latest run")
+    p.add_argument("spec_name", nargs="?")
+    p.add_argument("--run-id")
+    p.add_argument("--metric", default="val_acc")
+    p.add_argument("--name", default="cifar-submission")
+    p.add_argument("--alias", default="champion")
+    p.set_defaults(handler=_register)
+
+    p = commands.add_parser("submit", help="predict the test split and write a Kaggle submission")
+    p.add_argument("--model", required=True, help="models:/NAME@alias, runs:/ID/..., or a checkpoint path")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tta", type=int, default=1)
+    p.set_defaults(handler=_submit)
+
+    p = commands.add_parser("score", help="accuracy of a submission against a solution file")
+    p.add_argument("submission")
+    p.add_argument("solution")
+    p.set_defaults(handler=_score)
+
+    p = commands.add_parser("report", help="the report's table with the replayed figures beside it")
+    p.add_argument("spec_name")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--out")
+    p.set_defaults(handler=_report)
+
+    p = commands.add_parser("mlflow", help="tracking maintenance")
+    mlflow_commands = p.add_subparsers(metavar="ACTION")
+    rec = mlflow_commands.add_parser("reconcile", help="mark runs whose Ray trial is gone KILLED")
+    rec.add_argument("spec_name", nargs="?")
+    rec.set_defaults(handler=_reconcile)
+    return parser
+
+
+def _spec_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    p.add_argument("--data", help="shortcut for --set data.path=...")
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=...")
+
+
+def spec_overrides(args: argparse.Namespace) -> list[str]:
+    items = list(args.set)
+    if args.data:
+        items.append(f"data.path={_absolute_if_local(args.data)}")
+    if args.epochs is not None:
+        items.append(f"train.epochs={args.epochs}")
+    return items
+
+
+def _absolute_if_local(path: str) -> str:
+    """Workers run elsewhere (other cwd, other node): a relative local path must not travel as is."""
+    if "://" in path or path.startswith("synthetic") or not os.path.exists(path):
+        return path
+    return os.path.abspath(path)
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def _models(args: argparse.Namespace) -> int:
+    from runner.commands import show_models
+
+    return show_models(args.classes, args.max_params)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from runner import data
+
+    meta = data.prepare(args.source, args.out, resize=args.resize, from_dir=args.from_dir,
+                        overwrite=args.overwrite)
+    print(f"wrote {args.out}: {len(meta.classes)} classes, counts {meta.counts}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from runner.commands import train_once
+
+    overrides = {"data.path": _absolute_if_local(args.data), "model.name": args.model}
+    for key, value in (("model.depth", args.depth), ("model.width", args.width), ("train.epochs", args.epochs),
+                       ("train.batch_size", args.batch_size), ("optimizer.lr", args.lr),
+                       ("optimizer.name", args.optimizer)):
+        if value is not None:
+            overrides[key] = value
+    return train_once(overrides, args.set, out=args.out, resume=args.resume)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from runner.commands import check_specs
+
+    return check_specs(args.specs, spec_overrides(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runner.experiment import run_spec
+
+    return run_spec(args.spec, spec_overrides(args), max_concurrent=args.max_concurrent, scheduler=args.scheduler,
+                    storage=args.storage, resume=args.resume, num_cpus=args.num_cpus,
+                    register_as=args.register, submission=args.submission, tta=args.tta)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from runner.commands import register
+
+    return register(args.spec_name, run_id=args.run_id, metric=args.metric, name=args.name, alias=args.alias)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from runner.commands import submit
+
+    return submit(args.model, args.data, args.out, tta=args.tta)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from runner.commands import score
+
+    return score(args.submission, args.solution)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from runner.commands import report
+
+    return report(args.spec_name, fmt=args.format, out=args.out)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from runner.commands import reconcile
+
+    return reconcile(args.spec_name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

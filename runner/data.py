@@ -1,0 +1,336 @@
+"""The prepared data set format: write it once, atomically; read a split or one worker's shard.
+
+A prepared data set is a directory (local, or any pyarrow filesystem URI such as s3://bucket/x for reading):
+  train.parquet   columns id (string), image (binary: raw uint8 HWC bytes), label (int16; int32 past 32767 classes)
+  test.parquet    same columns, rows in submission order; label -1 where the source has no test labels
+  meta.json       classes, image_shape [H, W, C], counts, source, sha256 per file, test_ids, label_names_are_ints
+Train rows are written in a fixed shuffled order, so a worker's contiguous block of rows holds every class
+and it reads only its own row groups (1024 rows each). `synthetic[:N]` is accepted wherever a path is and is
+generated in memory (no files), with the same content `prepare` would write.
+
+    runner data prepare kaggle:DIR OUT        # -> runner.data.prepare("kaggle:DIR", "OUT")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from runner.sources import DataError, SourceData, SplitArrays, read_source
+
+__all__ = [
+    "DataError", "Meta", "Split", "channel_stats", "load_split", "load_train_shard", "prepare", "read_meta",
+    "stratified_split",
+]
+
+FORMAT_VERSION = 1
+ROW_GROUP_SIZE = 1024  # rows per Parquet row group: the unit a shard reader fetches (3 MiB at 32x32x3)
+SHUFFLE_SEED = 0  # fixed: the train row order must not change between prepares of the same source
+_SYNTHETIC = re.compile(r"synthetic(:.*)?")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, H, W, C]
+    labels: torch.Tensor  # int64 [N]; -1 = unlabeled
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Meta:
+    classes: list[str]
+    image_shape: tuple[int, int, int]  # H, W, C
+    counts: dict  # {"train"|"test": {"total": n, "labeled": n, "per_class": {class: n}}}
+    source: str
+    sha256: dict[str, str]  # file name -> hex digest; {} for synthetic
+    test_ids: list[str] | None  # sample_submission order when the source has one (test.parquet follows it)
+    label_names_are_ints: bool  # submissions write int(class name) when True
+    format_version: int = FORMAT_VERSION
+    splits: list[str] = field(default_factory=lambda: ["train"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def test_ids_order(self) -> list[str] | None:  # the name docs/architecture.md uses
+        return self.test_ids
+
+
+# ---------------------------------------------------------------- writing
+def prepare(
+    source: str, out: str, *, resize: bool = False, from_dir: str | None = None, overwrite: bool = False,
+    size: int = 32,
+) -> Meta:
+    """Read `source` and write the prepared set to local dir `out`; nothing is left behind on error."""
+    if "://" in out and not out.startswith("file://"):
+        raise DataError(f"prepare writes local directories only, not {out}; prepare locally, then copy it")
+    out = os.path.abspath(out.removeprefix("file://"))
+    if os.path.lexists(out) and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite to replace it")
+    data = read_source(source, size=size, resize=resize, from_dir=from_dir)
+    created = _make_parents(os.path.dirname(out))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    try:
+        meta = _write(data, tmp)
+        _swap_in(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):  # only the parents this call made, and only if still empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
+    return meta
+
+
+def _make_parents(parent: str) -> list[str]:
+    missing = []
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        os.mkdir(d)
+    return list(reversed(missing))
+
+
+def _swap_in(tmp: str, out: str, overwrite: bool) -> None:
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    if not overwrite:  # someone else created it while we were reading the source
+        raise DataError(f"{out} already exists; pass --overwrite to replace it")
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+    os.rename(out, os.path.join(old, "data"))
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(os.path.join(old, "data"), out)  # put the old one back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(data: SourceData, d: str) -> Meta:
+    train = data.train
+    order = np.random.default_rng(SHUFFLE_SEED).permutation(len(train.ids))
+    parts = {"train": SplitArrays(train.images[order], train.labels[order], [train.ids[i] for i in order])}
+    if data.test is not None:
+        parts["test"] = data.test
+    label_type = pa.int16() if len(data.classes) <= 32767 else pa.int32()
+    sha = {}
+    for name, part in parts.items():
+        fname = f"{name}.parquet"
+        _write_parquet(part, os.path.join(d, fname), label_type)
+        sha[fname] = _sha256(os.path.join(d, fname))
+    meta = _meta(data, parts, sha)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(asdict(meta), f, indent=1)
+    return meta
+
+
+def _write_parquet(part: SplitArrays, path: str, label_type: pa.DataType) -> None:
+    n, per = len(part.ids), int(np.prod(part.images.shape[1:]))
+    schema = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", label_type)])
+    with pq.ParquetWriter(path, schema) as w:
+        for lo in range(0, max(n, 1), ROW_GROUP_SIZE):  # one table per row group: offsets stay small
+            hi = min(lo + ROW_GROUP_SIZE, n)
+            raw = np.ascontiguousarray(part.images[lo:hi]).tobytes()
+            offsets = np.arange(hi - lo + 1, dtype=np.int32) * per
+            image = pa.Array.from_buffers(pa.binary(), hi - lo, [None, pa.py_buffer(offsets), pa.py_buffer(raw)])
+            table = pa.table(
+                [pa.array(part.ids[lo:hi], pa.string()), image, pa.array(part.labels[lo:hi], label_type)],
+                schema=schema,
+            )
+            w.write_table(table, row_group_size=ROW_GROUP_SIZE)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta(data: SourceData, parts: dict[str, SplitArrays], sha: dict[str, str]) -> Meta:
+    counts = {}
+    for name, part in parts.items():
+        labeled = part.labels[part.labels >= 0]
+        per_class = np.bincount(labeled, minlength=len(data.classes))
+        counts[name] = {
+            "total": len(part.ids),
+            "labeled": int(labeled.size),
+            "per_class": {c: int(k) for c, k in zip(data.classes, per_class, strict=True)} if labeled.size else {},
+        }
+    return Meta(
+        classes=list(data.classes), image_shape=tuple(int(s) for s in data.train.images.shape[1:]), counts=counts,
+        source=data.source, sha256=sha, test_ids=data.test_ids, label_names_are_ints=data.label_names_are_ints,
+        splits=list(parts),
+    )
+
+
+# ---------------------------------------------------------------- reading
+def _synthetic(path: str) -> SourceData | None:
+    if not _SYNTHETIC.fullmatch(path):
+        return None
+    data = read_source(path)
+    order = np.random.default_rng(SHUFFLE_SEED).permutation(len(data.train.ids))  # same rows as prepare writes
+    t = data.train
+    data.train = SplitArrays(t.images[order], t.labels[order], [t.ids[i] for i in order])
+    return data
+
+
+def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def read_meta(path: str) -> Meta:
+    """meta.json of a prepared dir (local path or URI), or the meta of `synthetic[:N]`."""
+    data = _synthetic(path)
+    if data is not None:
+        parts = {"train": data.train, "test": data.test}
+        return _meta(data, {k: v for k, v in parts.items() if v is not None}, {})
+    fs, base = _resolve(path)
+    try:
+        with fs.open_input_stream(f"{base}/meta.json") as f:
+            raw = json.loads(f.read())
+    except FileNotFoundError as e:
+        raise DataError(
+            f"{path} is not a prepared data set (no meta.json); run: runner data prepare SOURCE {path}"
+        ) from e
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}/meta.json has format_version {raw.get('format_version')}, this runner reads "
+                        f"{FORMAT_VERSION}; prepare the data again")
+    raw["image_shape"] = tuple(raw["image_shape"])
+    return Meta(**raw)
+
+
+def _parquet_file(path: str, split: str, meta: Meta) -> pq.ParquetFile:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if split not in meta.splits:
+        raise DataError(f"{path} has no {split} split (source {meta.source})")
+    fs, base = _resolve(path)
+    return pq.ParquetFile(fs.open_input_file(f"{base}/{split}.parquet"))
+
+
+def _to_split(table: pa.Table, shape: tuple[int, int, int], where: str) -> Split:
+    per = int(np.prod(shape))
+    chunks = []
+    for arr in table.column("image").chunks:  # zero-copy view of each chunk's value buffer, then one copy
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+        if arr.null_count or np.any(np.diff(offsets) != per):
+            raise DataError(f"{where}: an image is not {per} bytes ({shape}); prepare the data again")
+        chunks.append(np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]])
+    flat = np.concatenate(chunks) if chunks else np.empty(0, np.uint8)
+    images = torch.from_numpy(flat.reshape(-1, *shape).copy())
+    labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+    return Split(images, labels, table.column("id").to_pylist())
+
+
+def _from_arrays(part: SplitArrays, idx: np.ndarray | None = None) -> Split:
+    if idx is None:
+        idx = np.arange(len(part.ids))
+    return Split(torch.from_numpy(part.images[idx].copy()), torch.from_numpy(part.labels[idx].copy()),
+                 [part.ids[i] for i in idx])
+
+
+def load_split(path: str, split: str) -> Split:
+    """A whole split ("train" or "test") of a prepared dir or `synthetic[:N]`."""
+    data = _synthetic(path)
+    if data is not None:
+        part = {"train": data.train, "test": data.test}.get(split)
+        if part is None:
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        return _from_arrays(part)
+    meta = read_meta(path)
+    pf = _parquet_file(path, split, meta)
+    return _to_split(pf.read(columns=["id", "image", "label"]), meta.image_shape, f"{path}/{split}.parquet")
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx), both sorted: `fraction` of each class to val, rounded so the total is
+    round(N * fraction) (largest remainders). Same labels and seed -> same split."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(classes))
+    exact = counts * fraction
+    n_val = np.floor(exact).astype(np.int64)
+    short = int(round(labels.size * fraction)) - int(n_val.sum())
+    # Stable sort on the remainders: ties go to the lower class, so the result depends on nothing else.
+    n_val[np.argsort(-(exact - n_val), kind="stable")[:max(short, 0)]] += 1
+    rng = np.random.default_rng(seed)
+    val = [rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(n_val)]
+    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
+    train_mask = np.ones(labels.size, dtype=bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask), val_idx.astype(np.int64)
+
+
+def _take(pf: pq.ParquetFile, idx: np.ndarray) -> pa.Table:
+    """Rows `idx` (sorted) reading only the row groups that hold them."""
+    sizes = np.array([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    groups = np.unique(np.searchsorted(starts, idx, side="right") - 1)
+    table = pf.read_row_groups(groups.tolist(), columns=["id", "image", "label"])
+    # Position of each wanted row inside the concatenation of the groups read.
+    base = np.concatenate([[0], np.cumsum(sizes[groups])])[:-1]
+    group_of = np.searchsorted(starts, idx, side="right") - 1
+    local = idx - starts[group_of] + base[np.searchsorted(groups, group_of)]
+    return table.take(pa.array(local))
+
+
+def load_train_shard(path: str, *, rank: int, world: int, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """This rank's (train, val) share: the stratified split by (val_fraction, seed) over all train labels,
+    then contiguous 1/world blocks of each part (disjoint across ranks; sizes differ by at most 1)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+    data = _synthetic(path)
+    if data is not None:
+        tr, va = stratified_split(data.train.labels, val_fraction, seed)
+        return _from_arrays(data.train, np.array_split(tr, world)[rank]), _from_arrays(
+            data.train, np.array_split(va, world)[rank])
+    meta = read_meta(path)
+    pf = _parquet_file(path, "train", meta)
+    labels = pf.read(columns=["label"]).column("label").to_numpy()
+    tr, va = stratified_split(labels, val_fraction, seed)
+    where = f"{path}/train.parquet"
+    mine = [np.array_split(part, world)[rank] for part in (tr, va)]
+    return tuple(_to_split(_take(pf, m), meta.image_shape, where) for m in mine)  # type: ignore[return-value]
+
+
+def channel_stats(split: Split) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of `split.images`, in [0, 1] units (float64 sums, 4096 images at a time)."""
+    if len(split) == 0:
+        raise ValueError("channel_stats of an empty split")
+    c = split.images.shape[-1]
+    total = torch.zeros(c, dtype=torch.float64, device=split.images.device)
+    sq = torch.zeros_like(total)
+    for chunk in split.images.split(4096):
+        x = chunk.reshape(-1, c).to(torch.float64) / 255.0
+        total += x.sum(0)
+        sq += (x * x).sum(0)
+    n = split.images[..., 0].numel()
+    mean = total / n
+    std = (sq / n - mean * mean).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist()

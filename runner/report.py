@@ -1,0 +1,196 @@
+"""Results tables and figures: the report's numbers beside the replayed ones.
+
+Pure formatting over *rows*, plain dicts with one trial each (built by `runner.tracking` from what it
+logged, or from MLflow by `tracking.fetch_trial_rows`):
+
+    trial, status, model, params, within_budget, epochs, best_epoch,
+    train_acc, val_acc, val_loss      (fractions 0..1, at the best checkpoint)
+    kaggle                            (optional fraction: a scored submission)
+    reported: {train_acc: %, val_acc: %, kaggle: fraction}   (the spec's `reported:` figures)
+
+The report writes accuracies in percent and the Kaggle score as a fraction, so the comparison does too.
+Writes: `to_csv` (atomic: temp name, then rename) and the learning-curve / confusion-matrix PNGs
+(matplotlib's Agg canvas directly, so no pyplot global state and no display is needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# figure name -> (scale from a replayed fraction to the report's unit, decimals shown)
+FIGURES: dict[str, tuple[float, int]] = {"train_acc": (100.0, 2), "val_acc": (100.0, 2), "kaggle": (1.0, 4)}
+COLUMNS = ("trial", "status", "model", "params", "within_budget", "epochs", "best_epoch",
+           "train_acc", "val_acc", "val_loss", "kaggle")
+
+
+def _number(value: Any) -> float | None:
+    """A figure as a float, or None for missing / notes ("n/a") / NaN."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def _fmt(value: float | None, decimals: int, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+
+
+def compare(reported: Mapping[str, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """One numeric row per replayed trial: `<fig> (report)`, `<fig> (replay)`, `<fig> diff` for each
+    figure the report gives (train/val acc in percent, kaggle as a fraction); diff = replay - report.
+    `reported` maps trial name -> figures; a row's own `reported` dict is used when its name is absent."""
+    out = []
+    for row in rows:
+        figures = reported.get(row["trial"]) or row.get("reported") or {}
+        line: dict[str, Any] = {"trial": row["trial"]}
+        for name, (scale, _) in FIGURES.items():
+            theirs = _number(figures.get(name))
+            ours = _number(row.get(name))
+            ours = None if ours is None else ours * scale
+            if theirs is None and ours is None:
+                continue
+            line[f"{name} (report)"] = theirs
+            line[f"{name} (replay)"] = ours
+            line[f"{name} diff"] = None if theirs is None or ours is None else ours - theirs
+        out.append(line)
+    return out
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Display rows (strings) for the parent run's table and `runner report`: the trial's facts, then
+    each reported figure beside the replayed one and the difference."""
+    compared = compare({}, rows)
+    table = []
+    for row, cmp in zip(rows, compared, strict=True):
+        line = {
+            "trial": str(row["trial"]),
+            "model": str(row.get("model") or ""),
+            "params": f"{int(row['params']):,}" if _number(row.get("params")) is not None else "",
+            "within_budget": {True: "yes", False: "NO"}.get(row.get("within_budget"), ""),
+            "status": str(row.get("status") or ""),
+            "epochs": "" if row.get("epochs") is None else str(int(row["epochs"])),
+        }
+        for key, value in cmp.items():
+            if key == "trial":
+                continue
+            name = key.split(" ")[0]
+            line[key] = _fmt(value, FIGURES[name][1], signed=key.endswith("diff"))
+        line["val_loss"] = _fmt(_number(row.get("val_loss")), 4)
+        table.append(line)
+    return _same_columns(table)
+
+
+def _same_columns(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Rows may lack a figure another row has; give every row every column (in first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    return [{c: row.get(c, "") for c in columns} for row in rows]
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub Markdown table; `|` in cells is escaped so a trial name cannot break the layout."""
+    if not rows:
+        return "_no trials_\n"
+    columns = list(rows[0])
+    cell = lambda v: "" if v is None else str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write to a temp file beside `path`, fsync, then rename: a kill leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, to_csv_text(rows))
+
+
+def _canvas(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots
+
+
+def plot_curves(history: Mapping[int, Mapping[str, float]], path: str | os.PathLike, title: str = "") -> Path:
+    """Learning curves (loss left, accuracy right) from {epoch: metrics}; writes a PNG."""
+    figure, subplots = _canvas(10, 4)
+    loss_ax, acc_ax = subplots(1, 2)
+    steps = sorted(history)
+    for ax, keys in ((loss_ax, ("train_loss", "val_loss")), (acc_ax, ("train_acc", "val_acc"))):
+        for key in keys:
+            points = [(s, history[s][key]) for s in steps if _number(history[s].get(key)) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
+def plot_confusion(matrix: Any, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+    """Confusion matrix (rows = true class) with counts; class labels are dropped past 20 classes,
+    where they would overprint each other."""
+    import numpy as np
+
+    counts = np.asarray(matrix.tolist() if hasattr(matrix, "tolist") else matrix, dtype=np.int64)
+    size = min(4 + 0.35 * len(counts), 14)
+    figure, subplots = _canvas(size, size)
+    ax = subplots()
+    image = ax.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=ax, fraction=0.046)
+    if len(classes) <= 20:
+        ax.set_xticks(range(len(classes)), labels=list(classes), rotation=90)
+        ax.set_yticks(range(len(classes)), labels=list(classes))
+        for (i, j), value in np.ndenumerate(counts):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                    color="white" if value > counts.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"validation accuracy {np.trace(counts) / max(counts.sum(), 1):.2%}")
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
