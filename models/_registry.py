@@ -38,6 +38,13 @@ def register_model(fn: Builder | None = None, *, check: Check | None = None) -> 
 
     def add(builder: Builder) -> Builder:
         name = builder.__name__
+        params = list(inspect.signature(builder).parameters.values())[1:]
+        loose = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is p.empty]
+        if loose:
+            # model_params() reads the defaults from the signature; a parameter it cannot see would
+            # escape spec validation.
+            raise TypeError(f"builder {name!r}: parameters after num_classes must be keyword-only "
+                            f"with defaults, not {loose}")
         if name in _MODELS:
             warnings.warn(f"model {name!r} registered twice; the later builder wins", stacklevel=3)
         _MODELS[name] = builder

@@ -15,11 +15,12 @@ leaves a 1x1 final map at 32x32; stride 8 leaves 4x4, the same final map as the 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
-from torch import nn
 from timm.models._efficientnet_builder import decode_arch_def, round_channels
 from timm.models.efficientnet import EfficientNet
+from torch import nn
 
 from models._registry import ModelConfigError, register_model
 
@@ -44,10 +45,11 @@ def _arch_def(stem: str) -> list[list[str]]:
 
 
 def _check_efficientnet(width: float, depth: float, dropout: float, drop_connect: float, stem: str) -> None:
-    if not width > 0:
-        raise ModelConfigError(f"width {width} must be > 0 (channel multiplier; B0 is 1.0)")
-    if not depth > 0:
-        raise ModelConfigError(f"depth {depth} must be > 0 (per-stage repeat multiplier, rounded up; B0 is 1.0)")
+    if not 0 < width < math.inf:
+        raise ModelConfigError(f"width {width} must be a finite number > 0 (channel multiplier; B0 is 1.0)")
+    if not 0 < depth < math.inf:
+        raise ModelConfigError(f"depth {depth} must be a finite number > 0 "
+                               "(per-stage repeat multiplier, rounded up; B0 is 1.0)")
     if not 0.0 <= dropout < 1.0:
         raise ModelConfigError(f"dropout {dropout} must be in [0, 1)")
     if not 0.0 <= drop_connect < 1.0:

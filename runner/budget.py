@@ -1,8 +1,8 @@
 """The parameter cap: count a model config's parameters, judge it against the cap, suggest a fit.
 
 Reads and writes nothing; imports only `models` (no Ray, no MLflow). `train.fit` calls `enforce`
-before it spends anything and `spec.py` calls it per resolved trial, so a grid row over the cap is
-refused at load time with the count, the cap and the nearest variant under it:
+before it spends anything, and `spec.py` can call it per resolved trial to refuse a grid row at load
+time; the refusal gives the count, the cap and the nearest variant under it:
 
     enforce({"name": "efficientnet", "depth": 1.06}, 100, {"max_params": 5_000_000, "mode": "enforce"})
     -> BudgetError: model efficientnet depth=1.06: 6,641,284 parameters > cap 5,000,000; nearest under
@@ -53,6 +53,7 @@ class Verdict:
     suggestion: str | None
 
     def message(self) -> str:
+        """One line for logs and errors: count vs cap, and the suggestion when over."""
         if self.within:
             return f"{self.params:,} parameters <= cap {self.max_params:,}"
         hint = (f"nearest under the cap: {self.suggestion}" if self.suggestion

@@ -60,10 +60,8 @@ def read_source(source: str, *, size: int = 32, resize: bool = False, from_dir: 
     if kind in ("kaggle", "folder", "parquet") and arg:
         reader = {"kaggle": _kaggle, "folder": _folder, "parquet": _parquet}[kind]
         return reader(os.path.abspath(arg), size, resize)
-    raise DataError(
-        f"unknown data source {source!r}: use kaggle:DIR, folder:DIR, parquet:FILE, cifar10, cifar100 "
-        "or synthetic[:N]"
-    )
+    raise DataError(f"unknown data source {source!r}: use kaggle:DIR, folder:DIR, parquet:FILE, cifar10, "
+                    "cifar100 or synthetic[:N]")
 
 
 # ---------------------------------------------------------------- decoding and checks
@@ -76,9 +74,7 @@ def _decode(src: str | bytes, name: str, size: int, resize: bool) -> np.ndarray:
     if rgb.size != (size, size):
         if not resize:
             w, h = rgb.size
-            raise DataError(
-                f"image {name} is {w}x{h}, expected {size}x{size}; pass --resize to resize every image"
-            )
+            raise DataError(f"image {name} is {w}x{h}, expected {size}x{size}; pass --resize to resize every image")
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)  # squashes; aspect ratio not kept
     return np.asarray(rgb, dtype=np.uint8)
 
@@ -104,18 +100,28 @@ def _check_size(data: SourceData, size: int, resize: bool) -> SourceData:
     return data
 
 
-def _listing(names: list[str], total: int | None = None) -> str:
-    total = len(names) if total is None else total
-    more = f" (and {total - _SHOW} more)" if total > _SHOW else ""
-    return ", ".join(names[:_SHOW]) + more
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:_SHOW]) + (f" (and {len(names) - _SHOW} more)" if len(names) > _SHOW else "")
+
+
+def _first_duplicate(keys: list[str]) -> tuple[int, int] | None:
+    """Positions (first, second) of the first key seen twice, or None."""
+    seen: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            return seen[k], i
+        seen[k] = i
+    return None
 
 
 def _check_classes(classes: list[str], labels: np.ndarray, where: str) -> None:
+    if labels.size == 0:
+        raise DataError(f"no labeled training images in {where}")
     counts = np.bincount(labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
         raise DataError(
-            f"empty class in {where}: {_listing(empty)} has no training images; add images for it, "
+            f"empty class in {where}: {_listing([repr(c) for c in empty])} has no training images; add images, "
             "or relabel so class labels are contiguous"
         )
 
@@ -167,17 +173,15 @@ def _kaggle(root: str, size: int, resize: bool) -> SourceData:
         raise DataError(f"{csv_path} not found; a kaggle:DIR source needs DIR/train.csv with columns id,label")
     files = _image_files(_require_dir(train_dir))
     rows = _read_csv(csv_path, ("id", "label"))
-    seen: dict[str, int] = {}
-    for line, row in rows:
-        key = _strip_ext(row["id"])
-        if not key:
-            raise DataError(f"{csv_path} line {line}: empty id; every row needs an id")
-        if key in seen:
-            raise DataError(f"duplicate id {row['id']!r} in {csv_path} (lines {seen[key]} and {line}); keep one")
-        seen[key] = line
+    ids = [row["id"] for _, row in rows]
+    keys = [_strip_ext(i) for i in ids]
+    if dup := _first_duplicate(keys):
+        a, b = (rows[j][0] for j in dup)
+        raise DataError(f"duplicate id {ids[dup[1]]!r} in {csv_path} (lines {a} and {b}); keep one row")
+    for (line, _), key in zip(rows, keys, strict=True):
         if key not in files:
-            raise DataError(f"{csv_path} line {line}: id {row['id']!r} has no image in {train_dir}; add it")
-    unlabeled = [p for k, p in files.items() if k not in seen]
+            raise DataError(f"{csv_path} line {line}: id {key!r} has no image in {train_dir}; add it or drop the row")
+    unlabeled = [p for k, p in files.items() if k not in set(keys)]
     if unlabeled:
         raise DataError(
             f"{len(unlabeled)} unlabeled image(s) in {train_dir} have no row in {csv_path}: "
@@ -196,14 +200,13 @@ def _kaggle(root: str, size: int, resize: bool) -> SourceData:
             )
     if label_names_are_ints:
         labels = np.array([int(n) for n in names], dtype=np.int64)
-        classes = [str(i) for i in range(int(labels.max()) + 1)]
+        classes = [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
     else:
         classes = sorted(set(names))
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[n] for n in names], dtype=np.int64)
     _check_classes(classes, labels, csv_path)
-    ids = [row["id"] for _, row in rows]
-    paths = [files[_strip_ext(i)] for i in ids]
+    paths = [files[k] for k in keys]
     train = SplitArrays(_decode_all(paths, paths, size, resize), labels, ids)
     test, test_ids = _kaggle_test(root, size, resize)
     return SourceData(classes, train, test, test_ids, label_names_are_ints, f"kaggle:{root}")
@@ -217,25 +220,19 @@ def _kaggle_test(root: str, size: int, resize: bool) -> tuple[SplitArrays | None
     if not has_dir:
         raise DataError(f"{sub_path} exists but {test_dir} does not; add the test images or remove the csv")
     files = _image_files(test_dir)
-    if not has_sub:  # no fixed order: natural file-name order
-        ids = list(files)
-        test_ids = None
-    else:
-        ids, lines = [], {}
-        for line, row in _read_csv(sub_path, ("id",)):
-            key = _strip_ext(row["id"])
-            if key in lines:
-                raise DataError(f"duplicate id {row['id']!r} in {sub_path} (lines {lines[key]} and {line})")
-            lines[key] = line
-            ids.append(row["id"])
-        no_file = [i for i in ids if _strip_ext(i) not in files]
-        extra = [p for k, p in files.items() if k not in lines]
+    ids, test_ids = list(files), None  # without a sample_submission: natural file-name order
+    if has_sub:
+        ids = test_ids = [row["id"] for _, row in _read_csv(sub_path, ("id",))]
+        keys = [_strip_ext(i) for i in ids]
+        if dup := _first_duplicate(keys):
+            raise DataError(f"duplicate id {ids[dup[1]]!r} in {sub_path} (lines {dup[0] + 2} and {dup[1] + 2})")
+        no_file = [i for i, k in zip(ids, keys, strict=True) if k not in files]
+        extra = [p for k, p in files.items() if k not in set(keys)]
         if no_file or extra:
             raise DataError(
                 f"test ids do not match {sub_path}: {len(no_file)} id(s) have no image in {test_dir} "
                 f"[{_listing(no_file)}]; {len(extra)} image(s) are not in the csv [{_listing(extra)}]"
             )
-        test_ids = ids
     paths = [files[_strip_ext(i)] for i in ids]
     images = _decode_all(paths, paths, size, resize)
     return SplitArrays(images, np.full(len(ids), -1, dtype=np.int64), ids), test_ids
@@ -255,16 +252,11 @@ def _folder(root: str, size: int, resize: bool) -> SourceData:
     )
     if not classes:
         raise DataError(f"no class sub-folders in {train_root}; put each class's images in DIR/<class>/")
-    stray = list(_image_files(train_root))
-    if stray:
-        raise DataError(
-            f"unlabeled image(s) directly in {train_root}: {_listing(stray)}; move them into a class folder"
-        )
+    if stray := list(_image_files(train_root).values()):
+        raise DataError(f"unlabeled image(s) directly in {train_root}: {_listing(stray)}; move them into a class folder")
     train = _folder_split(train_root, classes, size, resize, is_train=True)
-    test = None
     test_root = os.path.join(root, "test")
-    if os.path.isdir(test_root):
-        test = _folder_split(test_root, classes, size, resize, is_train=False)
+    test = _folder_split(test_root, classes, size, resize, is_train=False) if os.path.isdir(test_root) else None
     _check_classes(classes, train.labels, train_root)
     return SourceData(classes, train, test, None, False, f"folder:{root}")
 
@@ -272,7 +264,7 @@ def _folder(root: str, size: int, resize: bool) -> SourceData:
 def _folder_split(d: str, classes: list[str], size: int, resize: bool, is_train: bool) -> SplitArrays:
     subdirs = [s for s in os.listdir(d) if os.path.isdir(os.path.join(d, s)) and not s.startswith(".")]
     unknown = sorted(set(subdirs) - set(classes))
-    if unknown and not is_train:
+    if unknown and not is_train:  # (train classes are its folders, so only test can have unknown ones)
         raise DataError(f"unknown label folder(s) in {d}: {_listing(unknown)}; the classes are {classes}")
     paths, ids, labels = [], [], []
     if subdirs:
@@ -332,27 +324,20 @@ def _parquet(path: str, size: int, resize: bool) -> SourceData:
     bad_split = [i for i, s in enumerate(split) if s not in ("train", "test")]
     if bad_split:
         raise DataError(f"{path} row {bad_split[0]}: split {split[bad_split[0]]!r} must be 'train' or 'test'")
-    raw = t[id_col] if id_col else None
-    ids = [str(raw[i]) if raw else "" for i in range(n)]
-    if id_col == "source_path":
-        ids = [_strip_ext(i) for i in ids]
-    if not id_col:
-        counter = {"train": 0, "test": 0}
-        for i in range(n):
-            ids[i] = f"{split[i]}_{counter[split[i]]:05d}"
-            counter[split[i]] += 1
+    is_train = np.array([s == "train" for s in split], dtype=bool)
+    if id_col == "id":
+        ids = [str(v) for v in t["id"]]
+    elif id_col == "source_path":
+        ids = [_strip_ext(str(v)) for v in t["source_path"]]
+    else:  # train_00000, test_00000: numbered within each split
+        k = np.where(is_train, np.cumsum(is_train), np.cumsum(~is_train)) - 1
+        ids = [f"{s}_{j:05d}" for s, j in zip(split, k.tolist(), strict=True)]
+    if dup := _first_duplicate(ids):
+        raise DataError(f"duplicate id {ids[dup[1]]!r} in {path} (rows {dup[0]} and {dup[1]}); ids must be unique")
     labels = np.array([-1 if v is None else v for v in t["label"]], dtype=np.int64)
-    is_train = np.array([s == "train" for s in split])
-    for i in np.flatnonzero(labels < 0):
-        if is_train[i]:
-            raise DataError(f"{path} row {i} (id {ids[i]!r}): unlabeled train image; give it a label >= 0")
+    for i in np.flatnonzero((labels < 0) & is_train):
+        raise DataError(f"{path} row {i} (id {ids[i]!r}): unlabeled train image; give it a label >= 0")
     classes, label_names_are_ints = _parquet_classes(path, labels, t.get("label_name"), ids)
-    for part in ("train", "test"):
-        seen: dict[str, int] = {}
-        for i in np.flatnonzero(is_train == (part == "train")):
-            if ids[i] in seen:
-                raise DataError(f"duplicate id {ids[i]!r} in {path} (rows {seen[ids[i]]} and {i})")
-            seen[ids[i]] = int(i)
     _check_classes(classes, labels[is_train], path)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     start = 0
@@ -361,15 +346,13 @@ def _parquet(path: str, size: int, resize: bool) -> SourceData:
         names_g = [f"{path} row {start + j} (id {ids[start + j]!r})" for j in range(len(blobs))]
         images[start:start + len(blobs)] = _decode_all(blobs, names_g, size, resize)
         start += len(blobs)
-    parts = [
-        SplitArrays(images[m], labels[m], [ids[i] for i in np.flatnonzero(m)]) for m in (is_train, ~is_train)
-    ]
+    parts = [SplitArrays(images[m], labels[m], [ids[i] for i in np.flatnonzero(m)]) for m in (is_train, ~is_train)]
     return SourceData(classes, parts[0], parts[1] if len(parts[1].ids) else None, None,
                       label_names_are_ints, f"parquet:{path}")
 
 
 def _parquet_classes(path: str, labels: np.ndarray, label_names: list | None, ids: list[str]) -> tuple:
-    k = int(labels.max()) + 1 if labels.size else 0
+    k = int(labels.max(initial=-1)) + 1
     if label_names is None:
         return [str(i) for i in range(k)], True
     names: dict[int, tuple[str, int]] = {}

@@ -367,9 +367,11 @@ class Tracker:
                      lambda: self.client.log_artifact(run_id, str(staged), artifact_dir))
         return staged
 
-    def log_epoch(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
-        """One epoch's numeric metrics at `step`; keys already logged at this step (a restarted trial
+    def log_epoch(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """One epoch's numeric metrics at `step` (default: `metrics["epoch"]`, 1-based as train.fit reports
+        it, which is also the checkpoint's `epoch`); keys already logged at this step (a restarted trial
         re-reporting an epoch) are skipped, so the history stays one value per step."""
+        step = int(metrics["epoch"]) if step is None else step
         now = int(time.time() * 1000)
         fresh = [Metric(k, v, now, int(step)) for k, v in _numeric(metrics).items()
                  if (run_id, k, int(step)) not in self._seen]
@@ -388,6 +390,7 @@ class Tracker:
         row = self._rows.setdefault(run_id, {"trial": run_id, "run_id": run_id, "reported": {}})
         state = _load_checkpoint(checkpoint) if checkpoint else None
         tags = {"status": status}
+        (self._staging / run_id).mkdir(parents=True, exist_ok=True)
         best = _best_epoch(history)
         summary = dict(history.get(best, {})) if best is not None else {}
         if state is not None:

@@ -1,0 +1,175 @@
+"""Predictions (with test-time augmentation) -> a Kaggle submission CSV; and scoring one.
+
+Reads a model (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/ID[/model]`, or a checkpoint:
+`state.pt` or the folder holding it) and a prepared data set's test split; writes `id,label` rows in
+`sample_submission.csv` order (label names as the training data had them), atomically.
+
+    runner submit --model models:/cifar-submission@champion --data data/cifar10-mini --out submission.csv --tta 4
+    runner score submission.csv solution.csv
+
+MLflow is reached only through `runner.registry`, imported when the model URI needs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from runner import augment
+from runner.data import Split
+from runner.report import atomic_write_text
+
+SHOWN_OFFENDERS = 5
+
+
+class SubmissionError(ValueError):
+    """A submission that cannot be written or scored (ids that do not match, unknown columns)."""
+
+
+def _is_mlflow_uri(uri: str) -> bool:
+    return uri.startswith(("models:/", "runs:/"))
+
+
+def load_for_inference(uri: str, device: str | torch.device = "cpu"
+                       ) -> tuple[torch.nn.Module, list[str], list[float], list[float]]:
+    """(model in eval mode, class names, mean, std) from a registry/run URI or a checkpoint path."""
+    if _is_mlflow_uri(uri):
+        from runner import registry
+
+        model, classes, mean, std, _ = registry.load_model(uri, device)
+    else:
+        from runner.registry import model_from_checkpoint
+
+        path = Path(uri)
+        file = path / "state.pt" if path.is_dir() else path
+        if not file.is_file():
+            raise SubmissionError(f"--model {uri}: no such checkpoint (want state.pt or its folder, "
+                                  "models:/NAME@alias, or runs:/RUN_ID)")
+        state = torch.load(file, map_location="cpu", weights_only=False)  # our own checkpoint
+        model = model_from_checkpoint(state).to(device)
+        classes, mean, std = list(state["classes"]), list(state["mean"]), list(state["std"])
+    _eval_mode(model)
+    return model, classes, mean, std
+
+
+def _eval_mode(model: torch.nn.Module) -> None:
+    # A pt2 (torch.export) model was exported in eval mode and may refuse mode switches.
+    try:
+        model.eval()
+    except (NotImplementedError, RuntimeError):
+        pass
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: Split, mean: Sequence[float], std: Sequence[float], tta: int = 1,
+            batch_size: int = 256, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities [N, C], predicted class indices [N]): softmax averaged over `tta` views."""
+    _eval_mode(model)
+    out = []
+    for start in range(0, len(split.ids), batch_size):
+        images = split.images[start:start + batch_size].to(device)
+        # An exported (pt2) graph may specialise batch 1; pad a lone last image to 2 and drop the copy.
+        single = images.shape[0] == 1
+        if single:
+            images = images.repeat(2, 1, 1, 1)
+        x = augment.to_float(images, mean, std, channels_last=False)
+        probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in augment.tta_views(x, tta)]).mean(0)
+        out.append((probs[:1] if single else probs).cpu())
+    probs = torch.cat(out) if out else torch.empty(0, 0)
+    return probs, probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.long)
+
+
+def _label(name: str, ints: bool) -> str:
+    return str(int(name)) if ints else name
+
+
+def write_submission(path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int] | torch.Tensor,
+                     classes: Sequence[str], label_names_are_ints: bool = False,
+                     order: Sequence[str] | None = None) -> Path:
+    """Write `id,label` (atomic: temp name, then rename). `ids`/`labels` are the predictions in split
+    order; `order` is sample_submission's id order (meta.test_ids) and must hold exactly the same ids."""
+    labels = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+    if len(ids) != len(labels):
+        raise SubmissionError(f"{len(ids)} ids but {len(labels)} predictions")
+    predicted = dict(zip(ids, labels, strict=True))
+    order = list(order) if order is not None else list(ids)
+    _check_same_ids(order, list(predicted), "sample_submission order", "test split")
+    lines = ["id,label"] + [f"{_csv_cell(i)},{_csv_cell(_label(classes[predicted[i]], label_names_are_ints))}"
+                            for i in order]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: str) -> str:
+    return f'"{value.replace(chr(34), chr(34) * 2)}"' if any(c in value for c in ',"\n') else value
+
+
+def _check_same_ids(expected: Sequence[str], got: Sequence[str], expected_name: str, got_name: str) -> None:
+    """Refuse duplicates, missing and extra ids, naming the first offenders of each."""
+    problems = []
+    for name, values in ((expected_name, expected), (got_name, got)):
+        seen, dupes = set(), []
+        for v in values:
+            if v in seen:
+                dupes.append(v)
+            seen.add(v)
+        if dupes:
+            problems.append(f"{name} repeats ids {dupes[:SHOWN_OFFENDERS]}")
+    expected_set, got_set = set(expected), set(got)
+    missing = [i for i in expected if i not in got_set]
+    extra = [i for i in got if i not in expected_set]
+    if missing:
+        problems.append(f"{len(missing)} ids of {expected_name} missing from {got_name}, "
+                        f"first {missing[:SHOWN_OFFENDERS]}")
+    if extra:
+        problems.append(f"{len(extra)} ids in {got_name} not in {expected_name}, first {extra[:SHOWN_OFFENDERS]}")
+    if problems:
+        raise SubmissionError("ids do not match: " + "; ".join(problems))
+
+
+def read_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(ids, labels) from an `id,label` CSV; the label column is `label` (Kaggle's solution files may
+    add columns such as `Usage`) or else the second one."""
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header or len(header) < 2:
+            raise SubmissionError(f"{path}: want a header `id,label`, got {header}")
+        column = header.index("label") if "label" in header else 1
+        rows = [r for r in reader if r]
+    return [r[0] for r in rows], [r[column] for r in rows]
+
+
+def _same_label(a: str, b: str) -> bool:
+    try:
+        return int(a) == int(b)  # "07" and "7" are the same integer label
+    except ValueError:
+        return a.strip() == b.strip()
+
+
+def score(submission_csv: str | os.PathLike, solution_csv: str | os.PathLike) -> float:
+    """Accuracy of a submission against a solution file; mismatched ids are refused, not skipped."""
+    sub_ids, sub_labels = read_labels(submission_csv)
+    sol_ids, sol_labels = read_labels(solution_csv)
+    try:
+        _check_same_ids(sol_ids, sub_ids, f"solution {solution_csv}", f"submission {submission_csv}")
+    except SubmissionError as exc:
+        raise SubmissionError(f"{exc}. Write the submission from the same data set's test split.") from None
+    truth = dict(zip(sol_ids, sol_labels, strict=True))
+    hits = sum(_same_label(label, truth[i]) for i, label in zip(sub_ids, sub_labels, strict=True))
+    return hits / len(sol_ids) if sol_ids else 0.0
+
+
+def log_submission(model_uri: str, path: str | os.PathLike) -> str | None:
+    """Attach the written CSV to the model's MLflow run; returns that run id (None for a checkpoint)."""
+    if not _is_mlflow_uri(model_uri):
+        return None
+    from runner import registry
+
+    run_id = registry.source_run_id(model_uri)
+    if run_id:
+        registry.log_submission(run_id, path)
+    return run_id

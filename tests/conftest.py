@@ -1,0 +1,70 @@
+# ---- MLflow fixtures (runner/tracking.py, registry.py, submit.py tests) -------------------------------
+import os as _os
+import signal as _signal
+import socket as _socket
+import subprocess as _subprocess
+import sys as _sys
+import time as _time
+import urllib.request as _urlrequest
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (one uvicorn worker, no job runner: starts in ~10 s as 2
+    processes); `stop()`/`start()` keep the port and the sqlite backend, for outage tests."""
+
+    def __init__(self, root: _Path) -> None:
+        self.root = root
+        with _socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: _subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        mlflow_bin = _Path(_sys.executable).with_name("mlflow")
+        env = dict(_os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self.proc = _subprocess.Popen(
+            [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            env=env, start_new_session=True, stdout=open(self.root / "server.log", "ab"), stderr=_subprocess.STDOUT)
+        deadline = _time.monotonic() + timeout_s
+        while _time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            try:
+                with _urlrequest.urlopen(self.uri + "/health", timeout=1):
+                    return
+            except OSError:
+                _time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server not healthy after {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pgid = _os.getpgid(self.proc.pid)
+        _os.killpg(pgid, _signal.SIGTERM)  # the whole group: uvicorn's worker too
+        try:
+            self.proc.wait(timeout=15)
+        except _subprocess.TimeoutExpired:
+            _os.killpg(pgid, _signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+@_pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: _pytest.TempPathFactory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@_pytest.fixture
+def tracking_uri(tmp_path: _Path) -> str:
+    """A fresh sqlite tracking store (artifacts land beside it, in tmp_path/artifacts)."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

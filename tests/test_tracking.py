@@ -1,0 +1,221 @@
+"""runner/tracking.py against real MLflow stores: sqlite in tmp_path, and one real `mlflow server`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import models
+from runner import tracking
+from runner.tracking import Tracker, TrackingError
+
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def tiny_checkpoint(folder: Path, *, seed: int = 0, val_acc: float = 0.5, within_budget: bool = True) -> Path:
+    """A checkpoint dict as the training core writes it, for a very small real network."""
+    torch.manual_seed(seed)
+    kwargs = {"depth": 10, "width": 1, "dropout": 0.0}
+    net = models.build("wrn", len(CLASSES), **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "model": net.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 3,
+        "config": {"model": {"name": "wrn", **kwargs}, "train": {"epochs": 3}},
+        "classes": CLASSES, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "val_confusion": torch.eye(len(CLASSES), dtype=torch.int64) * 3,
+        "metrics": {"epoch": 3, "train_acc": 0.7, "val_acc": val_acc, "val_loss": 1.0, "train_loss": 0.9},
+        "params": models.count_params(net) if within_budget else 6_000_000, "within_budget": within_budget,
+    }, folder / "state.pt")
+    return folder
+
+
+def config(lr: float) -> dict:
+    return {"data": {"path": "synthetic:64", "api_key": "hunter2"}, "model": {"name": "wrn", "depth": 10},
+            "optimizer": {"name": "sgd", "lr": lr, "betas": [0.9, 0.999], "sam": None}}
+
+
+def epoch(e: int, acc: float) -> dict:
+    return {"epoch": e, "train_loss": 2.0 / e, "train_acc": acc, "val_loss": 2.1 / e, "val_acc": acc - 0.05,
+            "lr": 0.1, "images_per_s": 1000.0, "epoch_s": 0.5, "checkpoint_path": "/x", "training_iteration": e}
+
+
+@pytest.fixture
+def fast_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep MLflow's HTTP retry settings, which `connect` sets, local to the test."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def test_parent_children_history_params_artifacts(tracking_uri: str, tmp_path: Path) -> None:
+    spec = tmp_path / "m1.yaml"
+    spec.write_text("name: m1\n")
+    with Tracker("m1", tracking_uri) as tracker:
+        parent = tracker.start_parent(spec_path=str(spec))
+        runs = {}
+        for i, lr in enumerate((0.1, 0.05)):
+            run_id = tracker.start_trial(f"t{i}", f"row-{i}", config(lr), tags={"budget": "5M"},
+                                         reported={"val_acc": 95.0 + i, "kaggle": 0.9})
+            for e in (1, 2, 3):
+                tracker.log_epoch(run_id, epoch(e, 0.3 + 0.1 * e + i * 0.01))
+            tracker.log_epoch(run_id, epoch(2, 0.99), step=2)  # a restarted trial re-reports epoch 2
+            runs[run_id] = tracker.finish_trial(run_id, "FINISHED", tiny_checkpoint(tmp_path / f"ck{i}"))
+        table = tracker.finish_parent("FINISHED")
+    assert [r["trial"] for r in table] == ["row-0", "row-1"] and table[1]["val_acc (report)"] == "96.00"
+
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(parent).info.status == "FINISHED"
+    tags = client.get_run(parent).data.tags
+    assert tags["runner.spec_sha256"] and tags["runner.version.mlflow"] and tags["runner.kind"] == "parent"
+    assert {a.path for a in client.list_artifacts(parent, "results")} == {"results/results.csv",
+                                                                          "results/results.md"}
+    for run_id in runs:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
+        history = client.get_metric_history(run_id, "val_acc")
+        assert sorted(m.step for m in history) == [1, 2, 3]  # no duplicate step 2
+        first_report = 0.3 + 0.2 + runs[run_id]["trial"].endswith("1") * 0.01 - 0.05
+        assert {m.step: m.value for m in history}[2] == pytest.approx(first_report)  # the first report wins
+        assert "training_iteration" not in run.data.metrics and "epoch" not in run.data.metrics
+        params = run.data.params
+        assert params["optimizer.lr"] in ("0.1", "0.05") and params["data.api_key"] == "***"
+        assert params["optimizer.betas"] == "[0.9, 0.999]" and params["optimizer.sam"] == "None"
+        assert run.data.tags["within_budget"] == "true" and int(run.data.tags["params"]) > 0
+        assert run.data.tags["status"] == "FINISHED" and run.data.tags["reported.kaggle"] == "0.9"
+        assert run.data.metrics["best_val_acc"] == 0.5  # from the checkpoint's own metrics
+        files = {a.path for folder in ("config", "plots", "checkpoint") for a in client.list_artifacts(run_id, folder)}
+        assert files == {"config/resolved.yaml", "plots/curves.png", "plots/confusion.png", "checkpoint/state.pt"}
+
+    rows = tracking.fetch_trial_rows("m1", tracking_uri)
+    assert [r["trial"] for r in rows] == ["row-0", "row-1"]
+    assert rows[1]["reported"] == {"val_acc": "96.0", "kaggle": "0.9"} and rows[0]["epochs"] == 3
+
+
+def test_fail_fast_on_unreachable_server(fast_http: None) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before use: nothing listens there
+    uri = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=f"{uri}.*unreachable"):
+        Tracker("m1", uri)
+    assert time.monotonic() - started < 5
+
+
+def test_buffered_writes_survive_a_failing_store_and_a_long_outage_raises(
+        tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = Tracker("m1", tracking_uri, outage_timeout_s=30)
+    tracker.start_parent()
+    run_id = tracker.start_trial("t0", "row-0", config(0.1))
+    real = tracker.client.log_batch
+    down = {"on": True}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        if down["on"]:
+            raise MlflowException("Connection refused", error_code="INTERNAL_ERROR")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", flaky)
+    for e in (1, 2, 3):
+        tracker.log_epoch(run_id, epoch(e, 0.5))  # never raises while the store is down
+    assert tracker.flush(timeout_s=0.2) > 0
+    down["on"] = False
+    assert tracker.flush() == 0
+    assert [m.step for m in tracker.client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]
+
+    down["on"] = True
+    tracker.log_epoch(run_id, epoch(4, 0.5))
+    with pytest.raises(TrackingError, match=r"could not be delivered to sqlite.*last error: Connection refused"):
+        tracker.close("FINISHED", timeout_s=0.5)
+
+
+def test_refused_write_raises_at_once(tracking_uri: str) -> None:
+    tracker = Tracker("m1", tracking_uri)
+    tracker.start_parent()
+    run_id = tracker.start_trial("t0", "row-0", config(0.1))
+    with pytest.raises(TrackingError, match="refused"):  # a param may not change value: a bug, not an outage
+        tracker._submit("param", lambda: tracker.client.log_param(run_id, "optimizer.lr", "0.5"))
+    tracker.close()
+
+
+def test_runs_never_left_running(tracking_uri: str) -> None:
+    client = MlflowClient(tracking_uri)
+    with pytest.raises(ValueError), Tracker("m1", tracking_uri) as tracker:
+        failed = [tracker.start_parent(), tracker.start_trial("t0", "row-0", config(0.1))]
+        raise ValueError("trial blew up")
+    assert {client.get_run(r).info.status for r in failed} == {"FAILED"}
+
+    orphan = Tracker("m1", tracking_uri)  # a driver that is SIGKILLed: never closed
+    parent = orphan.start_parent()
+    dead, alive = orphan.start_trial("t1", "row-1", config(0.1)), orphan.start_trial("t2", "row-2", config(0.2))
+    assert tracking.reconcile("m1", {"t2"}, tracking_uri) == [dead]
+    assert client.get_run(alive).info.status == "RUNNING" and client.get_run(parent).info.status == "RUNNING"
+    assert set(tracking.reconcile("m1", None, tracking_uri)) == {alive, parent}
+    assert {client.get_run(r).info.status for r in (parent, dead, alive)} == {"KILLED"}
+    assert client.get_run(dead).data.tags["status"] == "KILLED"
+
+
+def test_sigterm_ends_runs_killed(tracking_uri: str) -> None:
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: seen.append(sig))  # stands in for the default
+    try:
+        tracker = Tracker("m1", tracking_uri)
+        runs = [tracker.start_parent(), tracker.start_trial("t0", "row-0", config(0.1))]
+        tracking.install_signal_handlers(tracker)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM]  # handed on to the previous handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    client = MlflowClient(tracking_uri)
+    assert {client.get_run(r).info.status for r in runs} == {"KILLED"}
+
+
+def test_resume_reuses_parent_and_child_without_duplicate_steps(tracking_uri: str) -> None:
+    first = Tracker("m1", tracking_uri)
+    parent = first.start_parent(invocation_id="inv-1")
+    child = first.start_trial("t0", "row-0", config(0.1))
+    first.log_epoch(child, epoch(1, 0.4))
+    first.log_epoch(child, epoch(2, 0.5))
+    first.flush()  # then the driver dies
+
+    with Tracker("m1", tracking_uri) as again:
+        assert again.start_parent(invocation_id="inv-1", resume=True) == parent
+        assert again.start_trial("t0", "row-0", config(0.1)) == child
+        again.log_epoch(child, epoch(2, 0.9))  # Tune replays the last epoch after restore
+        again.log_epoch(child, epoch(3, 0.6))
+        again.finish_trial(child)
+        again.finish_parent()
+    client = MlflowClient(tracking_uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(child, "train_acc")] == [(1, 0.4), (2, 0.5), (3, 0.6)]
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_real_server_outage_loses_no_metric(mlflow_server, fast_http: None, tmp_path: Path) -> None:  # noqa: ANN001
+    tracker = Tracker("outage", mlflow_server.uri, outage_timeout_s=120)
+    tracker.start_parent()
+    run_id = tracker.start_trial("t0", "row-0", config(0.1))
+    tracker.log_epoch(run_id, epoch(1, 0.4))
+    mlflow_server.stop()
+    try:
+        started = time.monotonic()
+        for e in (2, 3, 4):
+            tracker.log_epoch(run_id, epoch(e, 0.5))  # buffered, not raised, not blocking
+        assert time.monotonic() - started < 10
+        assert tracker.flush(timeout_s=0.5) > 0
+    finally:
+        mlflow_server.start()
+    tracker.log_epoch(run_id, epoch(5, 0.6))
+    tracker.finish_trial(run_id, "FINISHED", tiny_checkpoint(tmp_path / "ck"))
+    tracker.finish_parent()
+    tracker.close()
+    client = MlflowClient(mlflow_server.uri)
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3, 4, 5]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert "checkpoint/state.pt" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}

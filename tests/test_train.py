@@ -1,0 +1,124 @@
+"""The plain-PyTorch training core: learns, resumes exactly, refuses over-cap models, schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runner import budget, data, spec, train
+from runner.optim import SAM, build_optimizer
+from runner.schedule import EpochSchedule
+
+TINY = {"model.name": "wrn_std", "model.depth": 10, "model.width": 1, "data.path": "synthetic:600",
+        "optimizer.name": "adam", "optimizer.lr": 0.003, "optimizer.weight_decay": 0.0,
+        "train.batch_size": 32, "augment.crop_padding": 2}
+
+
+def tiny(**overrides) -> dict:
+    return spec.trial_config({**TINY, **overrides})
+
+
+def splits(cfg: dict):
+    meta = data.read_meta(cfg["data"]["path"])
+    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
+                                                   val_fraction=cfg["data"]["val_fraction"], seed=0)
+    return train_split, val_split, meta.classes
+
+
+def test_tiny_model_learns_synthetic_well_above_chance():
+    cfg = tiny(**{"train.epochs": 3, "data.path": "synthetic:1200"})
+    train_split, val_split, classes = splits(cfg)
+    seen = []
+    result = train.fit(cfg, train_split, val_split, classes, lambda m, state: seen.append(m))
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_s"} <= set(seen[0])
+    assert seen[-1]["train_loss"] < seen[0]["train_loss"]
+    assert result.best_val_acc >= 0.3, seen  # chance is 0.1 on the 10 synthetic classes
+    assert result.params == 77_850 and result.within_budget
+
+
+def test_resume_from_a_mid_run_checkpoint_gives_the_same_weights(tmp_path):
+    cfg = tiny(**{"train.epochs": 3, "schedule.name": "step_fraction", "optimizer.name": "sgd",
+                  "optimizer.lr": 0.05, "model.dropout": 0.1})
+    train_split, val_split, classes = splits(cfg)
+    unbroken = train.fit(cfg, train_split, val_split, classes)
+
+    def stop_after_first(metrics, state):
+        if metrics["epoch"] == 1:
+            train.save_checkpoint(state(), str(tmp_path))
+            raise KeyboardInterrupt  # a crash right after the first checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, train_split, val_split, classes, stop_after_first)
+    state = train.load_checkpoint(str(tmp_path))
+    assert state["epoch"] == 1 and state["val_confusion"].shape == (10, 10)
+    assert int(state["val_confusion"].sum()) == len(val_split.ids)
+    resumed = train.fit(cfg, train_split, val_split, classes, resume=state)
+    for key, value in unbroken.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert resumed.metrics["epoch"] == 3
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert resumed.metrics[key] == unbroken.metrics[key], key
+
+
+def test_enforce_refuses_before_training_and_flag_trains_over_budget():
+    cfg = tiny(**{"budget.max_params": 50_000})
+    train_split, val_split, classes = splits(cfg)
+    with pytest.raises(budget.BudgetError, match="77,850"):
+        train.fit(cfg, train_split, val_split, classes)
+    flagged = tiny(**{"budget.max_params": 50_000, "budget.mode": "flag", "train.epochs": 1})
+    result = train.fit(flagged, train_split, val_split, classes)
+    assert not result.within_budget and result.params == 77_850
+
+
+def test_sam_and_label_smoothing_take_two_passes_and_update_weights():
+    cfg = tiny(**{"optimizer.name": "sgd", "optimizer.sam_rho": 0.05, "train.label_smoothing": 0.1,
+                  "train.epochs": 1})
+    train_split, val_split, classes = splits(cfg)
+    result = train.fit(cfg, train_split, val_split, classes)
+    assert result.metrics["train_loss"] > 0
+    net = torch.nn.Linear(4, 2)
+    optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
+    assert isinstance(optimizer, SAM)
+    with pytest.raises(RuntimeError, match="first_step"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "nadam", "rmsprop"])
+def test_every_optimizer_builds_and_steps(name):
+    cfg = spec.trial_config({"optimizer.name": name, "optimizer.lr": 0.01})
+    net = torch.nn.Linear(4, 2)
+    optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
+    before = net.weight.detach().clone()
+    net(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, net.weight)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+def lrs(schedule_overrides: dict, epochs: int, base_lr: float = 1.0, accs=None) -> list[float]:
+    cfg = spec.trial_config({**{f"schedule.{k}": v for k, v in schedule_overrides.items()},
+                             "optimizer.lr": base_lr, "train.epochs": epochs})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    schedule = EpochSchedule(optimizer, cfg["schedule"], epochs)
+    out = []
+    for epoch in range(epochs):
+        out.append(optimizer.param_groups[0]["lr"])
+        schedule.step(accs[epoch] if accs else 0.5)
+    return out
+
+
+def test_the_reports_fractional_step_schedule():
+    # WRN5: base for epoch < 0.3E, x0.2 until 0.5E, x0.2^2 until 0.7E, x0.2^3 until 0.9E, x0.2^4 after.
+    got = lrs({"name": "step_fraction"}, 10)
+    assert got == pytest.approx([1, 1, 1, .2, .2, .04, .04, .008, .008, .0016])
+
+
+def test_epoch_milestones_cosine_warmup_plateau_cyclic():
+    assert lrs({"name": "milestones", "milestones": [3, 4], "gamma": 0.1}, 5) == pytest.approx([1, 1, 1, .1, .01])
+    cosine = lrs({"name": "cosine", "warmup_epochs": 2}, 6)
+    assert cosine[0] == pytest.approx(0.5) and cosine[1] == pytest.approx(1.0) and cosine[-1] < 0.2
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+    plateau = lrs({"name": "plateau", "patience": 1, "factor": 0.5}, 6, accs=[0.5] * 6)
+    assert plateau[0] == 1 and plateau[-1] < 1
+    cyclic = lrs({"name": "cyclic", "cycle_epochs": 4, "max_lr": 2.0}, 5)
+    assert cyclic[0] == 1 and cyclic[2] == pytest.approx(2.0) and cyclic[4] == pytest.approx(1.0)
