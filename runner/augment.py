@@ -54,7 +54,7 @@ def normalise(x: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
     """(x - mean) / std per channel, for a float [B, C, H, W] batch in [0, 1] units."""
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return torch.addcmul(-mean_t / std_t, x, 1.0 / std_t)
 
 
 def to_float(images: torch.Tensor, mean: Stats, std: Stats, channels_last: bool) -> torch.Tensor:
@@ -165,12 +165,12 @@ def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with each image's mean grey level (torchvision semantics), clamped to [0, 1]."""
     mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    return (factor * x + (1 - factor) * mean).clamp_(0.0, 1.0)
+    return torch.lerp(mean, x, factor).clamp_(0.0, 1.0)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the image's own greyscale (factor 0 -> grey), clamped to [0, 1]."""
-    return (factor * x + (1 - factor) * grayscale(x)).clamp_(0.0, 1.0)
+    return torch.lerp(grayscale(x), x, factor).clamp_(0.0, 1.0)
 
 
 def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float,

@@ -55,6 +55,7 @@ class Tracking(ray.tune.Callback):
         self.reported = reported
         self.runs: dict[str, str] = {}
         self.best: dict[str, tuple[float, str | None]] = {}
+        self.rows: dict[str, dict] = {}  # trial id -> results row, as the tracker summarised it
 
     def _run_id(self, trial: ray.tune.experiment.Trial) -> str:
         if trial.trial_id not in self.runs:
@@ -83,7 +84,7 @@ class Tracking(ray.tune.Callback):
 
     def _finish(self, trial: ray.tune.experiment.Trial, status: str) -> None:
         _, checkpoint = self.best.get(trial.trial_id, (None, None))
-        self.tracker.finish_trial(self._run_id(trial), status, checkpoint)
+        self.rows[trial.trial_id] = self.tracker.finish_trial(self._run_id(trial), status, checkpoint)
 
     def best_checkpoints(self) -> dict[str, str | None]:
         return {trial_id: path for trial_id, (_, path) in self.best.items()}

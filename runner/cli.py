@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue an interrupted invocation (default: the latest of this spec)")
     p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset")
     p.add_argument("--register", metavar="MODEL_NAME", help="register the best in-budget trial under this name")
+    p.add_argument("--no-register", dest="register", action="store_const", const="",
+                   help="skip registering the best trial")
     p.add_argument("--submission", metavar="FILE", help="write a submission from the registered model")
     p.add_argument("--tta", type=int, default=1)
     p.set_defaults(handler=_run)

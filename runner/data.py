@@ -83,14 +83,18 @@ def prepare(
     if os.path.lexists(out) and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
     data = read_source(source, size=size, resize=resize, from_dir=from_dir)
-    created = _make_parents(os.path.dirname(out))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    created: list[str] = []  # parents this call makes, removed again on failure
+    tmp = None
     try:
+        _make_parents(os.path.dirname(out), created)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: Ray workers running as another user could not read it
         meta = _write(data, tmp)
         _swap_in(tmp, out, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in reversed(created):  # only the parents this call made, and only if still empty
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):  # innermost first, and only while still empty
             try:
                 os.rmdir(d)
             except OSError:
@@ -99,14 +103,14 @@ def prepare(
     return meta
 
 
-def _make_parents(parent: str) -> list[str]:
+def _make_parents(parent: str, created: list[str]) -> None:
     missing = []
     while not os.path.isdir(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
     for d in reversed(missing):
         os.mkdir(d)
-    return list(reversed(missing))
+        created.append(d)
 
 
 def _swap_in(tmp: str, out: str, overwrite: bool) -> None:
@@ -236,7 +240,8 @@ def _to_split(table: pa.Table, shape: tuple[int, int, int], where: str) -> Split
     per = int(np.prod(shape))
     chunks = []
     for arr in table.column("image").chunks:  # zero-copy view of each chunk's value buffer, then one copy
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+        width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
         if arr.null_count or np.any(np.diff(offsets) != per):
             raise DataError(f"{where}: an image is not {per} bytes ({shape}); prepare the data again")
         chunks.append(np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]])
@@ -315,22 +320,22 @@ def load_train_shard(path: str, *, rank: int, world: int, val_fraction: float, s
     labels = pf.read(columns=["label"]).column("label").to_numpy()
     tr, va = stratified_split(labels, val_fraction, seed)
     where = f"{path}/train.parquet"
-    mine = [np.array_split(part, world)[rank] for part in (tr, va)]
-    return tuple(_to_split(_take(pf, m), meta.image_shape, where) for m in mine)  # type: ignore[return-value]
+    train, val = (_to_split(_take(pf, np.array_split(part, world)[rank]), meta.image_shape, where) for part in (tr, va))
+    return train, val
 
 
 def channel_stats(split: Split) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of `split.images`, in [0, 1] units (float64 sums, 4096 images at a time)."""
+    """Per-channel mean and std of `split.images`, in [0, 1] units.
+
+    Exact, from a 256-bin histogram per channel: 0.4 s for CIFAR-10's 50k train images, where float64
+    sums of the same pixels took 6 s on 2 cores."""
     if len(split) == 0:
         raise ValueError("channel_stats of an empty split")
-    c = split.images.shape[-1]
-    total = torch.zeros(c, dtype=torch.float64, device=split.images.device)
-    sq = torch.zeros_like(total)
-    for chunk in split.images.split(4096):
-        x = chunk.reshape(-1, c).to(torch.float64) / 255.0
-        total += x.sum(0)
-        sq += (x * x).sum(0)
-    n = split.images[..., 0].numel()
-    mean = total / n
-    std = (sq / n - mean * mean).clamp_min(0).sqrt()
+    images = split.images
+    hist = torch.stack([torch.bincount(images[..., c].reshape(-1), minlength=256)
+                        for c in range(images.shape[-1])]).to(torch.float64)
+    values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255.0
+    n = hist.sum(1)
+    mean = (hist * values).sum(1) / n
+    std = ((hist * values**2).sum(1) / n - mean**2).clamp_min(0).sqrt()
     return mean.tolist(), std.tolist()

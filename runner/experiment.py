@@ -26,21 +26,18 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     _preflight(loaded)
     storage = _storage(storage)
     experiment = _experiment_name(loaded.name, storage, resume)
-    tracker = tracking.Tracker(loaded.name)  # fails fast, naming the URI, when MLflow is unreachable
-    with tracking.ending_runs_on_signals(tracker):
-        tracker.start_parent(experiment, spec_path=path, spec_sha256=loaded.sha256)
-        status = "FAILED"
+    with tracking.Tracker(loaded.name) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
+        restore_signals = tracking.install_signal_handlers(tracker)
         try:
+            tracker.start_parent(spec_path=path, run_name=experiment, invocation_id=experiment,
+                                 resume=resume is not None)
             rows, failed = _tune(loaded, experiment, storage, tracker, max_concurrent=max_concurrent,
                                  scheduler=scheduler, restore=resume is not None, num_cpus=num_cpus)
-            table = report.results_table(rows)
-            print("\n" + report.to_markdown(table))
-            csv_path = _save_csv(table, storage, experiment)
-            print(f"\nresults: {csv_path}")
-            tracker.log_results(table)
-            status = "FINISHED" if not failed else "FAILED"
+            table = tracker.finish_parent("FAILED" if failed else "FINISHED", rows)
         finally:
-            tracker.finish_parent(status)
+            restore_signals()
+    print("\n" + report.to_markdown(table))
+    print(f"results: {_save_csv(table, storage, experiment)}")
     if failed:
         print(f"runner: {len(failed)} trial(s) failed: {', '.join(failed)}")
         return 1
@@ -80,23 +77,12 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
     started = time.monotonic()
     grid = tune.run_tuner(loaded.trials, experiment=experiment, storage=storage, max_concurrent=concurrency,
                           scheduler=scheduler, callbacks=[progress, bridge], restore=restore)
-    rows, failed = [], []
+    failed = [r.config["trial"]["name"] for r in grid if r.error is not None]
     by_name = {t.name: t for t in loaded.trials}
-    for result in grid:
-        name = result.config["trial"]["name"]
-        trial = by_name.get(name)
-        if result.error is not None:
-            failed.append(name)
-        metrics = result.metrics or {}
-        rows.append({
-            "trial": name, "varied": trial.overrides if trial else {}, "model": result.config["trial"]["config"]["model"],
-            "status": "FAILED" if result.error is not None else "FINISHED",
-            "best_val_acc": metrics.get("best_val_acc"), "val_acc": metrics.get("val_acc"),
-            "train_acc": metrics.get("train_acc"), "epochs": metrics.get("epoch"),
-            "time_s": metrics.get("time_total_s"),
-            "start_s": progress.first_result_s.get(metrics.get("trial_id", ""), None),
-            "reported": trial.reported if trial else {},
-        })
+    rows = []
+    for trial_id, row in bridge.rows.items():
+        trial = by_name[row["trial"]]
+        rows.append({**row, "varied": trial.overrides, "start_s": progress.first_result_s.get(trial_id)})
     print(f"grid wall time {time.monotonic() - started:.1f} s")
     return rows, failed
 

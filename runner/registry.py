@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from runner import tracking
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "timm"]  # given, so MLflow skips its slow inference (6-16 s)
-IMAGE_SIZE = 32
+IMAGE_SIZE = 32  # the project's inputs; checkpoints do not record the image shape
 
 
 class RegistryError(RuntimeError):
@@ -90,9 +90,10 @@ def pick_best(runs: list, metric: str) -> tuple[Any, str]:
     note = ""
     over = [r for r in skipped if finished.index(r) < finished.index(best)]
     if over:
-        note = "; ".join(f"{r.info.run_name} has {metric} {run_value(r, metric):.4f} but is over the "
-                         f"parameter budget ({r.data.tags.get('params', '?')} params): not registered"
-                         for r in over)
+        note = "; ".join(f"{r.info.run_name} has {metric} {run_value(r, metric):.4f} but " + (
+            f"is over the parameter budget ({r.data.tags.get('params', '?')} params)"
+            if r.data.tags.get("within_budget") == "false" else "has no budget verdict (no checkpoint)")
+            + ": not registered" for r in over)
     return best, note
 
 
@@ -103,9 +104,7 @@ def register_best(experiment_name: str, *, parent_run_id: str | None = None, met
     client, _ = _client(tracking_uri)
     runs = tracking.trial_runs(client, experiment_name, parent_run_id)
     best, note = pick_best(runs, metric)
-    if note:
-        print(note)
-    return _register(client, best, metric, name, alias)
+    return _register(client, best, metric, name, alias, note)
 
 
 def register_run(run_id: str, *, metric: str = "val_acc", name: str = "cifar-submission",
@@ -136,7 +135,7 @@ def model_from_checkpoint(state: dict) -> torch.nn.Module:
     return net.eval()
 
 
-def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str) -> Registration:
+def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str, note: str = "") -> Registration:
     run_id, value = run.info.run_id, run_value(run, metric)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -163,9 +162,9 @@ def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str
         client.set_registered_model_alias(name, alias, str(version.version))
     verdict = (f"moved {alias} to v{version.version}" if moved else f"{alias} stays on v{previous_version}")
     against = ("no previous holder" if previous_version is None
-               else f"v{previous_version} has {metric} {previous_value}")
+               else f"v{previous_version} has {metric} " + ("?" if previous_value is None else f"{previous_value:.4f}"))
     message = (f"registered {name} v{version.version} from trial {run.info.run_name} ({metric} {value:.4f}); "
-               f"{against}; {verdict}")
+               f"{against}; {verdict}" + (f" ({note})" if note else ""))
     print(message)
     return Registration(name=name, version=str(version.version), run_id=run_id, trial=run.info.run_name,
                         metric=metric, value=value, alias=alias, alias_moved=moved,

@@ -3,7 +3,8 @@
 Pure formatting over *rows*, plain dicts with one trial each (built by `runner.tracking` from what it
 logged, or from MLflow by `tracking.fetch_trial_rows`):
 
-    trial, status, model, params, within_budget, epochs, best_epoch,
+    trial, status, model, varied ({dotted key: value} the row changes), params, within_budget,
+    epochs, best_epoch,
     train_acc, val_acc, val_loss      (fractions 0..1, at the best checkpoint)
     kaggle                            (optional fraction: a scored submission)
     reported: {train_acc: %, val_acc: %, kaggle: fraction}   (the spec's `reported:` figures)
@@ -26,8 +27,6 @@ from typing import Any
 
 # figure name -> (scale from a replayed fraction to the report's unit, decimals shown)
 FIGURES: dict[str, tuple[float, int]] = {"train_acc": (100.0, 2), "val_acc": (100.0, 2), "kaggle": (1.0, 4)}
-COLUMNS = ("trial", "status", "model", "params", "within_budget", "epochs", "best_epoch",
-           "train_acc", "val_acc", "val_loss", "kaggle")
 
 
 def _number(value: Any) -> float | None:
@@ -77,6 +76,8 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         line = {
             "trial": str(row["trial"]),
             "model": str(row.get("model") or ""),
+            # the grid's axes (spec rows' dotted overrides), so each line says what it varied
+            **{key: str(value) for key, value in (row.get("varied") or {}).items()},
             "params": f"{int(row['params']):,}" if _number(row.get("params")) is not None else "",
             "within_budget": {True: "yes", False: "NO"}.get(row.get("within_budget"), ""),
             "status": str(row.get("status") or ""),
@@ -162,7 +163,8 @@ def plot_curves(history: Mapping[int, Mapping[str, float]], path: str | os.PathL
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     loss_ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy")
     figure.suptitle(title)

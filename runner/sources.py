@@ -94,9 +94,8 @@ def _check_size(data: SourceData, size: int, resize: bool) -> SourceData:
         h, w = part.images.shape[1:3]
         if not resize:
             raise DataError(f"{data.source} images are {w}x{h}, expected {size}x{size}; pass --resize")
-        part.images = np.stack(
-            [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BICUBIC)) for a in part.images]
-        )
+        part.images = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BICUBIC))
+                                for a in part.images])
     return data
 
 
@@ -120,10 +119,8 @@ def _check_classes(classes: list[str], labels: np.ndarray, where: str) -> None:
     counts = np.bincount(labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
-        raise DataError(
-            f"empty class in {where}: {_listing([repr(c) for c in empty])} has no training images; add images, "
-            "or relabel so class labels are contiguous"
-        )
+        raise DataError(f"empty class in {where}: {_listing([repr(c) for c in empty])} has no training images; "
+                        "add images, or relabel so class labels are contiguous")
 
 
 def _require_dir(path: str) -> str:
@@ -181,23 +178,18 @@ def _kaggle(root: str, size: int, resize: bool) -> SourceData:
     for (line, _), key in zip(rows, keys, strict=True):
         if key not in files:
             raise DataError(f"{csv_path} line {line}: id {key!r} has no image in {train_dir}; add it or drop the row")
-    unlabeled = [p for k, p in files.items() if k not in set(keys)]
-    if unlabeled:
-        raise DataError(
-            f"{len(unlabeled)} unlabeled image(s) in {train_dir} have no row in {csv_path}: "
-            f"{_listing(unlabeled)}; add rows for them or delete the files"
-        )
+    key_set = set(keys)
+    if unlabeled := [p for k, p in files.items() if k not in key_set]:
+        raise DataError(f"{len(unlabeled)} unlabeled image(s) in {train_dir} have no row in {csv_path}: "
+                        f"{_listing(unlabeled)}; add rows for them or delete the files")
     names = [row["label"] for _, row in rows]
     ints = [re.fullmatch(r"-?\d+", n) is not None for n in names]
     label_names_are_ints = all(ints)
-    for (line, row), is_int in zip(rows, ints, strict=True):
+    for (line, _), name, is_int in zip(rows, names, ints, strict=True):
         # Integers mixed with names almost always mean a typo; negative ints are never classes.
-        bad = row["label"] == "" or (is_int and (not label_names_are_ints or int(row["label"]) < 0))
-        if bad:
-            raise DataError(
-                f"unknown label {row['label']!r} for id {row['id']!r} ({csv_path} line {line}); labels must "
-                "be all class names or all integers >= 0"
-            )
+        if name == "" or (is_int and (not label_names_are_ints or int(name) < 0)):
+            raise DataError(f"unknown label {name!r} for id {ids[line - 2]!r} ({csv_path} line {line}); labels "
+                            "must be all class names or all integers >= 0")
     if label_names_are_ints:
         labels = np.array([int(n) for n in names], dtype=np.int64)
         classes = [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
@@ -227,12 +219,11 @@ def _kaggle_test(root: str, size: int, resize: bool) -> tuple[SplitArrays | None
         if dup := _first_duplicate(keys):
             raise DataError(f"duplicate id {ids[dup[1]]!r} in {sub_path} (lines {dup[0] + 2} and {dup[1] + 2})")
         no_file = [i for i, k in zip(ids, keys, strict=True) if k not in files]
-        extra = [p for k, p in files.items() if k not in set(keys)]
+        key_set = set(keys)
+        extra = [p for k, p in files.items() if k not in key_set]
         if no_file or extra:
-            raise DataError(
-                f"test ids do not match {sub_path}: {len(no_file)} id(s) have no image in {test_dir} "
-                f"[{_listing(no_file)}]; {len(extra)} image(s) are not in the csv [{_listing(extra)}]"
-            )
+            raise DataError(f"test ids do not match {sub_path}: {len(no_file)} id(s) have no image in {test_dir} "
+                            f"[{_listing(no_file)}]; {len(extra)} image(s) are not in the csv [{_listing(extra)}]")
     paths = [files[_strip_ext(i)] for i in ids]
     images = _decode_all(paths, paths, size, resize)
     return SplitArrays(images, np.full(len(ids), -1, dtype=np.int64), ids), test_ids
@@ -240,44 +231,28 @@ def _kaggle_test(root: str, size: int, resize: bool) -> tuple[SplitArrays | None
 
 # ---------------------------------------------------------------- folder:DIR
 def _folder(root: str, size: int, resize: bool) -> SourceData:
-    """ImageFolder layout: DIR/<class>/* (a flat DIR/test/ is the unlabeled test split) or DIR/train/<class>/*."""
+    """ImageFolder layout: DIR/<class>/<image> or DIR/train/<class>/<image>; a flat DIR/test/ is the unlabeled
+    test split. Train ids are <class>/<file stem>, because file names often repeat across classes."""
     _require_dir(root)
-    nested = os.path.isdir(os.path.join(root, "train"))
-    train_root = os.path.join(root, "train") if nested else root
-    skip = {"train", "test"} if not nested else set()
-    classes = sorted(
-        (d for d in os.listdir(train_root) if os.path.isdir(os.path.join(train_root, d)) and d not in skip
-         and not d.startswith(".")),
-        key=_natural_key,
-    )
+    train_root = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
+    classes = sorted((d for d in os.listdir(train_root) if os.path.isdir(os.path.join(train_root, d))
+                      and d != "test" and not d.startswith(".")), key=_natural_key)
     if not classes:
         raise DataError(f"no class sub-folders in {train_root}; put each class's images in DIR/<class>/")
     if stray := list(_image_files(train_root).values()):
-        raise DataError(f"unlabeled image(s) directly in {train_root}: {_listing(stray)}; move them into a class folder")
-    train = _folder_split(train_root, classes, size, resize, is_train=True)
-    test_root = os.path.join(root, "test")
-    test = _folder_split(test_root, classes, size, resize, is_train=False) if os.path.isdir(test_root) else None
-    _check_classes(classes, train.labels, train_root)
+        raise DataError(f"unlabeled image(s) directly in {train_root}: {_listing(stray)}; put them in class folders")
+    found = [(f"{c}/{k}", path, label) for label, c in enumerate(classes)
+             for k, path in _image_files(os.path.join(train_root, c)).items()]
+    labels = np.array([f[2] for f in found], dtype=np.int64)
+    _check_classes(classes, labels, train_root)
+    paths = [f[1] for f in found]
+    train = SplitArrays(_decode_all(paths, paths, size, resize), labels, [f[0] for f in found])
+    test = None
+    if os.path.isdir(test_root := os.path.join(root, "test")):
+        files = _image_files(test_root)
+        paths = list(files.values())
+        test = SplitArrays(_decode_all(paths, paths, size, resize), np.full(len(paths), -1, np.int64), list(files))
     return SourceData(classes, train, test, None, False, f"folder:{root}")
-
-
-def _folder_split(d: str, classes: list[str], size: int, resize: bool, is_train: bool) -> SplitArrays:
-    subdirs = [s for s in os.listdir(d) if os.path.isdir(os.path.join(d, s)) and not s.startswith(".")]
-    unknown = sorted(set(subdirs) - set(classes))
-    if unknown and not is_train:  # (train classes are its folders, so only test can have unknown ones)
-        raise DataError(f"unknown label folder(s) in {d}: {_listing(unknown)}; the classes are {classes}")
-    paths, ids, labels = [], [], []
-    if subdirs:
-        for label, cls in enumerate(classes):
-            sub = os.path.join(d, cls)
-            files = _image_files(sub) if os.path.isdir(sub) else {}
-            paths += files.values()
-            ids += [f"{cls}/{k}" for k in files]  # class-qualified: file names repeat across classes
-            labels += [label] * len(files)
-    else:
-        files = _image_files(d)
-        paths, ids, labels = list(files.values()), list(files), [-1] * len(files)
-    return SplitArrays(_decode_all(paths, paths, size, resize), np.array(labels, dtype=np.int64), ids)
 
 
 # ---------------------------------------------------------------- cifar10 / cifar100
@@ -355,18 +330,13 @@ def _parquet_classes(path: str, labels: np.ndarray, label_names: list | None, id
     k = int(labels.max(initial=-1)) + 1
     if label_names is None:
         return [str(i) for i in range(k)], True
-    names: dict[int, tuple[str, int]] = {}
-    for i, (lab, name) in enumerate(zip(labels.tolist(), label_names, strict=True)):
-        if lab < 0:
-            continue
-        if lab not in names:
-            names[lab] = (name, i)
-        elif names[lab][0] != name:
-            raise DataError(
-                f"{path} row {i} (id {ids[i]!r}): label {lab} is named {name!r} but row {names[lab][1]} "
-                f"names it {names[lab][0]!r}; fix label_name"
-            )
-    classes = [names.get(i, (f"<no images: label {i}>", 0))[0] for i in range(k)]
+    first: dict[int, int] = {}  # label -> first row that names it
+    for i, lab in enumerate(labels.tolist()):
+        j = first.setdefault(lab, i)
+        if lab >= 0 and label_names[i] != label_names[j]:
+            raise DataError(f"{path} row {i} (id {ids[i]!r}): label {lab} is named {label_names[i]!r} but row {j} "
+                            f"names it {label_names[j]!r}; fix label_name")
+    classes = [label_names[first[i]] if i in first else f"<no images: label {i}>" for i in range(k)]
     if len(set(classes)) != len(classes):
         raise DataError(f"{path}: one label_name is used for two labels; each class needs its own name")
     return classes, False

@@ -139,6 +139,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cpus_per_worker": Field(FLOAT, 1.0, _at_least(0, strict=True)),
         "gpus_per_worker": Field(FLOAT, 0.0, _at_least(0)),  # fractional packs trials onto one GPU
         "trial_cpus": Field(FLOAT, 1.0, _at_least(0, strict=True)),  # the trial driver's own bundle
+        "placement": Field(STR, "PACK", _one_of("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")),
     },
     "checkpoint": {
         "keep": Field(INT, 2, _at_least(1)),  # best N by val accuracy

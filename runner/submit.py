@@ -13,15 +13,18 @@ MLflow is reached only through `runner.registry`, imported when the model URI ne
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from runner import augment
+from runner import augment, data
 from runner.data import Split
 from runner.report import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SHOWN_OFFENDERS = 5
 
@@ -173,3 +176,24 @@ def log_submission(model_uri: str, path: str | os.PathLike) -> str | None:
     if run_id:
         registry.log_submission(run_id, path)
     return run_id
+
+
+def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, tta: int = 1,
+                    batch_size: int = 256, device: str | torch.device | None = None) -> Path:
+    """`runner submit`: predict a prepared data set's test split and write the CSV in sample_submission
+    order; the file is also attached to the model's MLflow run (a failure there only warns: the CSV
+    is already written)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, classes, mean, std = load_for_inference(model_uri, device)
+    meta = data.read_meta(data_path)
+    if list(meta.classes) != list(classes):
+        raise SubmissionError(f"--model {model_uri} was trained on classes {classes[:5]}... but --data {data_path} "
+                              f"has {meta.classes[:5]}...; submit with the data set the model was trained on")
+    split = data.load_split(data_path, "test")
+    _, labels = predict(model, split, mean, std, tta=tta, batch_size=batch_size, device=device)
+    path = write_submission(out, split.ids, labels, classes, meta.label_names_are_ints, order=meta.test_ids)
+    try:
+        log_submission(model_uri, path)
+    except Exception as exc:  # noqa: BLE001 - MLflow down must not lose a written submission
+        log.warning("submission written to %s but not attached to the model's MLflow run: %s", path, exc)
+    return path

@@ -1,19 +1,14 @@
 """The MLflow layer: the one writer, run only in the Tune driver process.
 
-Layout: one experiment per spec name; one parent run per `runner run` invocation; one child run per
-trial (tag `mlflow.parentRunId`), named after its row. Params are the resolved trial config, flattened
-with dotted keys (secret-looking values masked); metrics are logged per epoch with `step=epoch`.
-Artifacts per trial: `config/resolved.yaml`, `plots/curves.png`, `plots/confusion.png`,
-`checkpoint/state.pt`; the parent gets `results/results.csv` and `results/results.md`.
-
-Reliability: every write goes through a FIFO queue. A write that fails because the server is briefly
-down stays queued and is retried (exponential backoff) on the next call and at `flush`/`close`, so a
-short outage loses nothing; `close` raises `TrackingError` when writes are still undelivered after
-`outage_timeout_s`. Runs are never left RUNNING: `close(status)`, `install_signal_handlers`, and
-`reconcile` for runs whose trial died with its driver (SIGKILL).
-
-Tracking URI: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<root>/mlruns/mlflow.db` with artifacts
-in `<root>/mlruns/artifacts` (MLflow 3 warns the plain file store away).
+One experiment per spec name; one parent run per `runner run` invocation; one child run per trial
+(`mlflow.parentRunId`), named after its row, with the resolved config as dotted params (secrets masked),
+per-epoch metrics at `step=epoch`, and artifacts `config/resolved.yaml`, `plots/{curves,confusion}.png`,
+`checkpoint/state.pt`; the parent gets `results/results.{csv,md}`.
+Every write goes through a FIFO queue: one that fails because the server is briefly down stays queued
+and is retried with backoff on the next call and at `flush`/`close`, so a short outage loses nothing and
+a long one raises at `close`. Runs are never left RUNNING: `close(status)`, `install_signal_handlers`,
+and `reconcile` (`runner mlflow reconcile`) for runs whose driver was SIGKILLed.
+URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<root>/mlruns/mlflow.db` + `<root>/mlruns/artifacts`.
 """
 
 from __future__ import annotations
@@ -96,11 +91,6 @@ def _sqlite_file(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///")).resolve()  # "sqlite:////abs" -> /abs; "sqlite:///rel" -> rel
 
 
-def _sqlite_artifacts(uri: str) -> str | None:
-    """Artifacts beside the sqlite file; MLflow's own default would be ./mlartifacts under the cwd."""
-    return (_sqlite_file(uri).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
-
-
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, created if missing; on a fresh sqlite file this also creates the schema,
     which must happen in one process before trials start (concurrent migrations crash)."""
@@ -108,7 +98,10 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_sqlite_artifacts(client.tracking_uri))
+        # sqlite: artifacts beside the db file (MLflow's default would be ./mlartifacts under the cwd)
+        uri = client.tracking_uri
+        artifacts = (_sqlite_file(uri).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+        return client.create_experiment(name, artifact_location=artifacts)
     except MlflowException:  # created meanwhile by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -143,24 +136,27 @@ def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def _git_commit(start: Path) -> str | None:
     """HEAD's commit read from .git files (no git binary needed; `ray job submit` may lack one)."""
-    for folder in (start, *start.parents):
-        git = folder / ".git"
-        if git.is_file():  # a worktree: "gitdir: <path>"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        if not git.is_dir():
-            continue
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        packed = git / "packed-refs"
-        for line in packed.read_text().splitlines() if packed.is_file() else []:
-            if line.endswith(" " + ref):
-                return line.split()[0]
+    git = next((d / ".git" for d in (start, *start.parents) if (d / ".git").is_dir()), None)
+    if git is None:
         return None
-    return None
+    head = (git / "HEAD").read_text().strip()
+    ref = head.removeprefix("ref: ")
+    if ref == head:
+        return head  # detached
+    if (git / ref).is_file():
+        return (git / ref).read_text().strip()
+    packed = git / "packed-refs"
+    lines = packed.read_text().splitlines() if packed.is_file() else []
+    return next((line.split()[0] for line in lines if line.endswith(" " + ref)), None)
+
+
+def _ray_job_id() -> str | None:
+    """The submission id under `ray job submit` (Ray passes it to the driver in its job config)."""
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except ValueError:
+        config = {}
+    return (config.get("metadata") or {}).get("job_submission_id") or os.environ.get("RAY_JOB_ID")
 
 
 def invocation_tags(spec_path: str | None) -> dict[str, str]:
@@ -176,8 +172,7 @@ def invocation_tags(spec_path: str | None) -> dict[str, str]:
             tags[f"runner.version.{package}"] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID")
-    if job:
+    if job := _ray_job_id():
         tags["runner.ray_job_id"] = job
     return tags
 
@@ -192,7 +187,8 @@ class Tracker:
     MlflowClient with explicit run ids, never the fluent active-run stack."""
 
     def __init__(self, experiment_name: str, tracking_uri: str | None = None, *, root: str | os.PathLike = ".",
-                 outage_timeout_s: float = 300.0, probe_timeout_s: float = 3.0) -> None:
+                 outage_timeout_s: float = 300.0, probe_timeout_s: float = 3.0,
+                 staging_dir: str | os.PathLike | None = None) -> None:
         self.uri = resolve_tracking_uri(tracking_uri, root)
         self.client = connect(self.uri, root, probe_timeout_s)
         self.outage_timeout_s = outage_timeout_s
@@ -211,11 +207,16 @@ class Tracker:
         self._backoff, self._retry_at = 0.5, 0.0
         self._failing_since: float | None = None
         self._last_error: BaseException | None = None
-        self._staging = Path(tempfile.mkdtemp(prefix="runner-mlflow-"))
+        # artifacts wait here until uploaded (a queued upload must survive its source being deleted)
+        self._staging = Path(tempfile.mkdtemp(prefix="runner-mlflow-", dir=staging_dir))
         self._closed = False
 
     # ---- write queue -------------------------------------------------------------------------
     def _submit(self, what: str, fn: Callable[[], Any]) -> None:
+        if self._closed:
+            # after close (e.g. SIGTERM ended the runs KILLED) late Tune callbacks must not reopen them
+            log.debug("MLflow tracker closed; dropped %s", what)
+            return
         self._pending.append((what, fn))
         self._drain()
 
@@ -388,8 +389,12 @@ class Tracker:
         Returns the trial's results row."""
         history = dict(history or self._history.get(run_id, {}))
         row = self._rows.setdefault(run_id, {"trial": run_id, "run_id": run_id, "reported": {}})
-        state = _load_checkpoint(checkpoint) if checkpoint else None
         tags = {"status": status}
+        try:
+            state = _load_checkpoint(checkpoint) if checkpoint else None
+        except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not take the grid's driver down
+            log.warning("trial %s: checkpoint %s unreadable (%s); run ended without it", run_id, checkpoint, exc)
+            state, tags["checkpoint_error"] = None, f"{checkpoint}: {exc}"[:500]
         (self._staging / run_id).mkdir(parents=True, exist_ok=True)
         best = _best_epoch(history)
         summary = dict(history.get(best, {})) if best is not None else {}
@@ -442,27 +447,30 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
-        for run_id in [r for r, trial in self._open.items() if trial]:
-            self._submit("end open trial run", lambda r=run_id: self.client.set_terminated(r, status))
-        if self.parent_run_id in self._open:
-            run_id = self.parent_run_id
-            self._submit("end parent run", lambda: self.client.set_terminated(run_id, status))
+        # trials first, then the parent; queued behind any writes still pending, delivered by flush
+        for run_id in sorted(self._open, key=lambda r: not self._open[r]):
+            self._pending.append(("end open run", lambda r=run_id: self.client.set_terminated(r, status)))
         self._open.clear()
         left = self.flush(timeout_s)
+        shutil.rmtree(self._staging, ignore_errors=True)
         if left:
             raise TrackingError(
                 f"{left} MLflow writes (params/metrics/artifacts/run ends) could not be delivered to "
                 f"{self.uri} within {self.outage_timeout_s if timeout_s is None else timeout_s:.0f}s "
                 f"(last error: {self._last_error}). The runs in experiment {self.experiment_name!r} are "
                 "incomplete; once the server is back, `runner mlflow reconcile` ends runs left RUNNING.")
-        shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
-        status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
-        self.close(status)
+        if kind is None:
+            self.close("FINISHED")
+            return
+        try:  # the error already on its way out matters more than undelivered writes
+            self.close("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+        except TrackingError as err:
+            log.error("%s", err)
 
 
 def install_signal_handlers(tracker: Tracker, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
@@ -552,21 +560,28 @@ def run_row(run: Any) -> dict:
 
 def fetch_trial_rows(experiment_name: str, tracking_uri: str | None = None,
                      parent_run_id: str | None = None) -> list[dict]:
-    """The latest invocation's (or `parent_run_id`'s) trials as results rows, for `runner report`."""
-    client = connect(tracking_uri)
-    return [run_row(run) for run in trial_runs(client, experiment_name, parent_run_id)]
+    """The latest invocation's (or `parent_run_id`'s) trials as results rows, for `runner report`;
+    `varied` holds the params that differ between the trials (the grid's axes)."""
+    runs = trial_runs(connect(tracking_uri), experiment_name, parent_run_id)
+    keys = {k for run in runs for k in run.data.params}
+    varied = sorted(k for k in keys if len({run.data.params.get(k) for run in runs}) > 1)
+    return [{**run_row(run), "varied": {k: run.data.params.get(k) for k in varied}} for run in runs]
 
 
-def reconcile(experiment_name: str, alive_trial_ids: set[str] | None = None,
+def reconcile(experiment_name: str | None, alive_trial_ids: set[str] | None = None,
               tracking_uri: str | None = None) -> list[str]:
     """Mark RUNNING runs KILLED whose trial is not in `alive_trial_ids` (None: nothing is alive, e.g.
-    after the driver was SIGKILLed); a parent is ended when none of its trials is alive. Returns the
-    run ids it ended."""
+    after the driver was SIGKILLed); a parent is ended when none of its trials is alive. No experiment
+    name: every experiment. Returns the run ids it ended."""
     client = connect(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
+    if experiment_name is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        experiment = client.get_experiment_by_name(experiment_name)
+        ids = [experiment.experiment_id] if experiment else []
+    if not ids:
         return []
-    running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=10000)
+    running = client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=10000)
     alive = alive_trial_ids or set()
     alive_parents = {r.data.tags.get("mlflow.parentRunId") for r in running
                      if r.data.tags.get("runner.trial_id") in alive}

@@ -118,6 +118,7 @@ def _epoch(run: _Run, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
         "val_loss": val_loss / val_seen if val_seen else math.nan,
         "val_acc": val_correct / val_seen if val_seen else 0.0,
         "lr": lr, "epoch_s": seconds, "images_per_s": seen / seconds,
+        "batch_per_worker": _local_batch(run), "workers": run.world,
     }
     return metrics, confusion
 
@@ -126,7 +127,7 @@ def _train_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
     """Loss sum, correct count and images seen, as device tensors."""
     run.model.train()
-    batch = max(1, run.cfg["train"]["batch_size"] // run.world)
+    batch = _local_batch(run)
     steps = _steps_per_epoch(len(labels), batch, run)
     order = torch.randperm(len(labels), device=run.device, generator=generator)
     sums = torch.zeros(2, device=run.device, dtype=torch.float64)
@@ -153,6 +154,11 @@ def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> tupl
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     return loss, logits
+
+
+def _local_batch(run: _Run) -> int:
+    """The configured batch is global: DDP's gradient all-reduce averages `world` local batches."""
+    return max(1, run.cfg["train"]["batch_size"] // run.world)
 
 
 def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 
 import ray
 import ray.train
 import ray.train.torch
 import ray.tune
+import torch.distributed
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from runner import data, train
@@ -41,7 +43,10 @@ def train_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as directory:
             resume = train.load_checkpoint(directory)
 
-    def report(metrics: dict, state: callable) -> None:
+    nodes = _distinct_nodes(world)
+
+    def report(metrics: dict, state: Callable[[], dict]) -> None:
+        metrics = {**metrics, "worker_nodes": nodes}
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
@@ -51,6 +56,16 @@ def train_worker(loop_config: dict) -> None:
 
     train.fit(cfg, train_split, val_split, meta.classes, report, device=ray.train.torch.get_device(),
               resume=resume)
+
+
+def _distinct_nodes(world: int) -> int:
+    """How many nodes this worker group spans (shown with the metrics; DDP across nodes costs more)."""
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return 1
+    everyone = [None] * world
+    torch.distributed.all_gather_object(everyone, node)
+    return len(set(everyone))
 
 
 def trial_driver(config: dict) -> None:
@@ -67,7 +82,8 @@ def trial_driver(config: dict) -> None:
         train_loop_config={"config": cfg},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling["workers"],
                                                use_gpu=bool(scaling["gpus_per_worker"]),
-                                               resources_per_worker=workers),
+                                               resources_per_worker=workers,
+                                               placement_strategy=scaling["placement"]),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
             storage_path=config["train_storage"],
@@ -76,6 +92,7 @@ def trial_driver(config: dict) -> None:
                                                          checkpoint_score_order=MODE),
             failure_config=ray.train.FailureConfig(max_failures=cfg["max_failures"]),
             callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # per-report INFO lines drown progress
         ),
     )
     trainer.fit()

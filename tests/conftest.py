@@ -6,6 +6,7 @@ import subprocess as _subprocess
 import sys as _sys
 import time as _time
 import urllib.request as _urlrequest
+from collections.abc import Iterator as _Iterator
 from pathlib import Path as _Path
 
 import pytest as _pytest
@@ -27,11 +28,12 @@ class MlflowServer:
         mlflow_bin = _Path(_sys.executable).with_name("mlflow")
         env = dict(_os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         env.pop("MLFLOW_TRACKING_URI", None)
-        self.proc = _subprocess.Popen(
-            [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            env=env, start_new_session=True, stdout=open(self.root / "server.log", "ab"), stderr=_subprocess.STDOUT)
+        with open(self.root / "server.log", "ab") as server_log:  # the child keeps its own copy of the fd
+            self.proc = _subprocess.Popen(
+                [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.root / "artifacts")],
+                env=env, start_new_session=True, stdout=server_log, stderr=_subprocess.STDOUT)
         deadline = _time.monotonic() + timeout_s
         while _time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -57,7 +59,7 @@ class MlflowServer:
 
 
 @_pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: _pytest.TempPathFactory):
+def mlflow_server(tmp_path_factory: _pytest.TempPathFactory) -> _Iterator[MlflowServer]:
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server

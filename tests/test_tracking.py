@@ -96,6 +96,7 @@ def test_parent_children_history_params_artifacts(tracking_uri: str, tmp_path: P
     rows = tracking.fetch_trial_rows("m1", tracking_uri)
     assert [r["trial"] for r in rows] == ["row-0", "row-1"]
     assert rows[1]["reported"] == {"val_acc": "96.0", "kaggle": "0.9"} and rows[0]["epochs"] == 3
+    assert rows[0]["varied"] == {"optimizer.lr": "0.1"} and rows[1]["params"] > 0
 
 
 def test_fail_fast_on_unreachable_server(fast_http: None) -> None:
@@ -145,14 +146,14 @@ def test_refused_write_raises_at_once(tracking_uri: str) -> None:
     tracker.close()
 
 
-def test_runs_never_left_running(tracking_uri: str) -> None:
+def test_runs_never_left_running(tracking_uri: str, tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri)
     with pytest.raises(ValueError), Tracker("m1", tracking_uri) as tracker:
         failed = [tracker.start_parent(), tracker.start_trial("t0", "row-0", config(0.1))]
         raise ValueError("trial blew up")
     assert {client.get_run(r).info.status for r in failed} == {"FAILED"}
 
-    orphan = Tracker("m1", tracking_uri)  # a driver that is SIGKILLed: never closed
+    orphan = Tracker("m1", tracking_uri, staging_dir=tmp_path)  # a driver that is SIGKILLed: never closed
     parent = orphan.start_parent()
     dead, alive = orphan.start_trial("t1", "row-1", config(0.1)), orphan.start_trial("t2", "row-2", config(0.2))
     assert tracking.reconcile("m1", {"t2"}, tracking_uri) == [dead]
@@ -177,8 +178,8 @@ def test_sigterm_ends_runs_killed(tracking_uri: str) -> None:
     assert {client.get_run(r).info.status for r in runs} == {"KILLED"}
 
 
-def test_resume_reuses_parent_and_child_without_duplicate_steps(tracking_uri: str) -> None:
-    first = Tracker("m1", tracking_uri)
+def test_resume_reuses_parent_and_child_without_duplicate_steps(tracking_uri: str, tmp_path: Path) -> None:
+    first = Tracker("m1", tracking_uri, staging_dir=tmp_path)
     parent = first.start_parent(invocation_id="inv-1")
     child = first.start_trial("t0", "row-0", config(0.1))
     first.log_epoch(child, epoch(1, 0.4))
@@ -197,7 +198,7 @@ def test_resume_reuses_parent_and_child_without_duplicate_steps(tracking_uri: st
     assert client.get_run(parent).info.status == "FINISHED"
 
 
-def test_real_server_outage_loses_no_metric(mlflow_server, fast_http: None, tmp_path: Path) -> None:  # noqa: ANN001
+def test_real_server_outage_loses_no_metric(mlflow_server, fast_http: None, tmp_path: Path) -> None:  # noqa: ANN001 - conftest's MlflowServer
     tracker = Tracker("outage", mlflow_server.uri, outage_timeout_s=120)
     tracker.start_parent()
     run_id = tracker.start_trial("t0", "row-0", config(0.1))

@@ -117,7 +117,7 @@ def test_epoch_milestones_cosine_warmup_plateau_cyclic():
     assert lrs({"name": "milestones", "milestones": [3, 4], "gamma": 0.1}, 5) == pytest.approx([1, 1, 1, .1, .01])
     cosine = lrs({"name": "cosine", "warmup_epochs": 2}, 6)
     assert cosine[0] == pytest.approx(0.5) and cosine[1] == pytest.approx(1.0) and cosine[-1] < 0.2
-    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:], strict=False))
     plateau = lrs({"name": "plateau", "patience": 1, "factor": 0.5}, 6, accs=[0.5] * 6)
     assert plateau[0] == 1 and plateau[-1] < 1
     cyclic = lrs({"name": "cyclic", "cycle_epochs": 4, "max_lr": 2.0}, 5)

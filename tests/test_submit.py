@@ -1,0 +1,93 @@
+"""runner/submit.py: TTA predictions, the atomic submission CSV, and scoring (no MLflow needed here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from runner import submit
+from runner.data import Split
+from runner.submit import SubmissionError
+
+
+def write(path: Path, rows: list[tuple[str, str]], header: str = "id,label") -> Path:
+    path.write_text(header + "\n" + "".join(f"{i},{label}\n" for i, label in rows))
+    return path
+
+
+def test_score_is_accuracy(tmp_path: Path) -> None:
+    solution = write(tmp_path / "solution.csv", [("a", "cat"), ("b", "dog"), ("c", "7"), ("d", "cat")],
+                     header="id,label")
+    sub = write(tmp_path / "sub.csv", [("d", "dog"), ("c", "07"), ("b", "dog"), ("a", "cat")])
+    assert submit.score(sub, solution) == pytest.approx(0.75)  # order free; "07" == "7"
+
+
+def test_score_refuses_mismatched_ids_naming_offenders(tmp_path: Path) -> None:
+    solution = write(tmp_path / "solution.csv", [(f"s{i}", "x") for i in range(10)])
+    sub = write(tmp_path / "sub.csv", [(f"s{i}", "x") for i in range(3, 10)] + [("zz1", "x"), ("zz2", "x")])
+    with pytest.raises(SubmissionError, match=r"3 ids of solution .* missing .* \['s0', 's1', 's2'\].*"
+                                              r"2 ids in submission .* \['zz1', 'zz2'\]"):
+        submit.score(sub, solution)
+
+
+def test_write_submission_order_labels_and_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "submission.csv"
+    out.write_text("old\n")
+    submit.write_submission(out, ["b", "a", "c"], torch.tensor([1, 0, 2]), ["03", "1", "2"],
+                            label_names_are_ints=True, order=["a", "b", "c"])
+    assert out.read_text() == "id,label\na,3\nb,1\nc,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]  # no temp file left
+
+    with pytest.raises(SubmissionError, match=r"missing from test split, first \['d'\]"):
+        submit.write_submission(out, ["a", "b", "c"], [0, 0, 0], ["x"], order=["a", "b", "c", "d"])
+    assert out.read_text().startswith("id,label\na,3")  # the old file stands; nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
+
+
+def test_predict_averages_softmax_over_tta_views(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = models.build("wrn", 4, depth=10, width=1).eval()
+    images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    split = Split(images, torch.full((5,), -1), list("abcde"))
+    mean, std = [0.5] * 3, [0.25] * 3
+    probs, labels = submit.predict(net, split, mean, std, tta=2, batch_size=2)
+    assert probs.shape == (5, 4) and torch.allclose(probs.sum(1), torch.ones(5))
+    x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        expected = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
+    assert torch.allclose(probs, expected, atol=1e-5) and torch.equal(labels, expected.argmax(1))
+
+
+def test_load_for_inference_from_checkpoint_path(tmp_path: Path) -> None:
+    net = models.build("wrn", 3, depth=10, width=1)
+    torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
+                "classes": ["a", "b", "c"], "mean": [0.1] * 3, "std": [0.2] * 3}, tmp_path / "state.pt")
+    for uri in (tmp_path, tmp_path / "state.pt"):
+        model, classes, mean, std = submit.load_for_inference(str(uri))
+        assert classes == ["a", "b", "c"] and mean == [0.1] * 3 and not model.training
+    with pytest.raises(SubmissionError, match="no such checkpoint"):
+        submit.load_for_inference(str(tmp_path / "nope"))
+
+
+def test_make_submission_from_a_checkpoint_scores_against_synthetic_labels(tmp_path: Path) -> None:
+    from runner import data
+
+    meta, test = data.read_meta("synthetic:64"), data.load_split("synthetic:64", "test")
+    net = models.build("wrn", len(meta.classes), depth=10, width=1)
+    torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
+                "classes": meta.classes, "mean": [0.5] * 3, "std": [0.25] * 3}, tmp_path / "state.pt")
+    out = submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "sub.csv", tta=2, device="cpu")
+    _, labels = submit.predict(net.eval(), test, [0.5] * 3, [0.25] * 3, tta=2)
+    solution = write(tmp_path / "solution.csv", [(i, meta.classes[k]) for i, k in zip(test.ids, test.labels.tolist(),
+                                                                                      strict=True)])
+    assert submit.score(out, solution) == pytest.approx((labels == test.labels).float().mean().item())
+
+    torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
+                "classes": [f"x{i}" for i in range(len(meta.classes))], "mean": [0.5] * 3, "std": [0.25] * 3},
+               tmp_path / "state.pt")
+    with pytest.raises(SubmissionError, match="trained on classes"):
+        submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "other.csv")
+    assert not (tmp_path / "other.csv").exists()
