@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+import pyarrow.fs
+import ray.train
 import ray.tune
 
 from runner.commands import format_epoch
@@ -50,9 +52,10 @@ class Progress(ray.tune.Callback):
 class Tracking(ray.tune.Callback):
     """Forwards each trial's life to `runner.tracking.Tracker`; the driver is MLflow's only writer."""
 
-    def __init__(self, tracker, reported: dict[str, dict]) -> None:  # noqa: ANN001 - runner.tracking.Tracker
-        self.tracker = tracker
-        self.reported = reported
+    def __init__(self, tracker, reported: dict[str, dict], tags: dict[str, dict],  # noqa: ANN001
+                 storage: str) -> None:
+        self.tracker = tracker  # a runner.tracking.Tracker
+        self.reported, self.tags, self.storage = reported, tags, storage
         self.runs: dict[str, str] = {}
         self.best: dict[str, tuple[float, str | None]] = {}
         self.rows: dict[str, dict] = {}  # trial id -> results row, as the tracker summarised it
@@ -61,7 +64,8 @@ class Tracking(ray.tune.Callback):
         if trial.trial_id not in self.runs:
             name = trial.config["trial"]["name"]
             self.runs[trial.trial_id] = self.tracker.start_trial(
-                trial.trial_id, name, trial.config["trial"]["config"], reported=self.reported.get(name))
+                trial.trial_id, name, trial.config["trial"]["config"], reported=self.reported.get(name),
+                tags=self.tags.get(name))
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: ray.tune.experiment.Trial, **info) -> None:
@@ -83,8 +87,14 @@ class Tracking(ray.tune.Callback):
         self._finish(trial, "FAILED")
 
     def _finish(self, trial: ray.tune.experiment.Trial, status: str) -> None:
-        _, checkpoint = self.best.get(trial.trial_id, (None, None))
-        self.rows[trial.trial_id] = self.tracker.finish_trial(self._run_id(trial), status, checkpoint)
+        _, path = self.best.get(trial.trial_id, (None, None))
+        if path is None:
+            self.rows[trial.trial_id] = self.tracker.finish_trial(self._run_id(trial), status, None)
+            return
+        # Tune reports the path inside the storage filesystem (no scheme for s3://): fetch it locally.
+        filesystem, _ = pyarrow.fs.FileSystem.from_uri(self.storage if "://" in self.storage else "file:///")
+        with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as local:
+            self.rows[trial.trial_id] = self.tracker.finish_trial(self._run_id(trial), status, local)
 
     def best_checkpoints(self) -> dict[str, str | None]:
         return {trial_id: path for trial_id, (_, path) in self.best.items()}

@@ -104,3 +104,55 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def env_path(name: str, default: str) -> str:
     return os.path.abspath(os.environ.get(name) or default)
+
+
+def register(spec_name: str | None, *, run_id: str | None, metric: str, name: str, alias: str) -> int:
+    """`runner register`: the best in-budget trial of a spec's latest run (or one run) -> version + alias."""
+    from runner import registry
+
+    if bool(spec_name) == bool(run_id):
+        raise ValueError("runner register: give a SPEC_NAME (its latest run's best trial) or --run-id, not both")
+    if run_id:
+        registry.register_run(run_id, metric=metric, name=name, alias=alias)
+    else:
+        registry.register_best(spec_name, metric=metric, name=name, alias=alias)
+    return 0
+
+
+def submit(model_uri: str, data_path: str, out: str, *, tta: int) -> int:
+    from runner.submit import make_submission
+
+    path = make_submission(model_uri, data_path, out, tta=tta)
+    print(f"wrote {path}")
+    return 0
+
+
+def score(submission_csv: str, solution_csv: str) -> int:
+    from runner.submit import score as accuracy
+
+    print(f"accuracy {accuracy(submission_csv, solution_csv):.4f}")
+    return 0
+
+
+def report(spec_name: str, *, fmt: str, out: str | None) -> int:
+    """`runner report`: the spec's latest run from MLflow, the report's figures beside the replayed ones."""
+    from runner import report as tables
+    from runner.tracking import fetch_trial_rows
+
+    table = tables.results_table(fetch_trial_rows(spec_name))
+    text = tables.to_markdown(table) if fmt == "md" else tables.to_csv_text(table)
+    if out:
+        tables.atomic_write_text(out, text)
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def reconcile(spec_name: str | None) -> int:
+    """`runner mlflow reconcile`: runs left RUNNING by a killed driver are marked KILLED."""
+    from runner.tracking import reconcile as end_orphans
+
+    ended = end_orphans(spec_name)
+    print(f"marked {len(ended)} run(s) KILLED" + (f": {', '.join(ended)}" if ended else ""))
+    return 0

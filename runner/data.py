@@ -13,6 +13,7 @@ generated in memory (no files), with the same content `prepare` would write.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -145,7 +146,18 @@ def _write(data: SourceData, d: str) -> Meta:
     meta = _meta(data, parts, sha)
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump(asdict(meta), f, indent=1)
+    if data.test is not None and len(data.test.ids) and (np.asarray(data.test.labels) >= 0).all():
+        _write_solution(data.test, meta, os.path.join(d, "solution.csv"))
     return meta
+
+
+def _write_solution(test: SplitArrays, meta: Meta, path: str) -> None:
+    """Where the source knows the test labels (synthetic, CIFAR), `runner score` can check a submission."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label"])
+        for image_id, label in zip(test.ids, np.asarray(test.labels).tolist(), strict=True):
+            writer.writerow([image_id, label if meta.label_names_are_ints else meta.classes[label]])
 
 
 def _write_parquet(part: SplitArrays, path: str, label_type: pa.DataType) -> None:

@@ -73,7 +73,8 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
     concurrency = resources.plan_concurrency(needs, ray.cluster_resources(), max_concurrent)
     print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}")
     progress = callbacks.Progress()
-    bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials})
+    bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials},
+                                {t.name: _budget_tags(t) for t in loaded.trials}, storage)
     started = time.monotonic()
     grid = tune.run_tuner(loaded.trials, experiment=experiment, storage=storage, max_concurrent=concurrency,
                           scheduler=scheduler, callbacks=[progress, bridge], restore=restore)
@@ -85,6 +86,12 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
         rows.append({**row, "varied": trial.overrides, "start_s": progress.first_result_s.get(trial_id)})
     print(f"grid wall time {time.monotonic() - started:.1f} s")
     return rows, failed
+
+
+def _budget_tags(trial: spec.Trial) -> dict:
+    """Known before training, so even a trial that fails early carries its verdict."""
+    verdict = budget.check(trial.config["model"], num_classes(trial.config)[0], trial.config["budget"]["max_params"])
+    return {"params": verdict.params, "within_budget": str(verdict.within).lower()}
 
 
 def _start_ray(num_cpus: float | None) -> None:
@@ -141,8 +148,7 @@ def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
 def _register_and_submit(loaded: spec.Spec, model_name: str, submission: str | None, tta: int) -> None:
     from runner import registry, submit
 
-    outcome = registry.register_best(loaded.name, name=model_name)
-    print(outcome.message)
+    outcome = registry.register_best(loaded.name, name=model_name)  # prints the alias comparison
     if submission and outcome.version is not None:
         data_path = loaded.trials[0].config["data"]["path"]
         submit.make_submission(f"models:/{model_name}/{outcome.version}", data_path, submission, tta=tta)

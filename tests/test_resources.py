@@ -1,0 +1,39 @@
+"""The resource arithmetic that refuses grids Ray would wait on forever."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.resources import ResourceError, TrialNeed, plan_concurrency
+
+
+def need(trial=1.0, workers=2, cpu=1.0, gpu=0.0, name="t"):
+    return TrialNeed(name, trial, workers, cpu, gpu)
+
+
+def test_the_measured_deadlock_is_refused_with_the_arithmetic():
+    # Measured: on 2 CPUs a 1-CPU trial + 2 one-CPU workers retries its start timeout forever.
+    with pytest.raises(ResourceError) as err:
+        plan_concurrency([need()], {"CPU": 2.0})
+    message = str(err.value)
+    assert "1 trial CPU + 2 workers x 1 CPU = 3 CPU" in message and "2 CPU" in message and "'t'" in message
+
+
+def test_fractional_workers_fit_and_concurrency_is_derived():
+    assert plan_concurrency([need(0.5, 2, 0.25)] * 4, {"CPU": 2.0}) == 2
+    assert plan_concurrency([need(1, 2, 0.5)] * 3, {"CPU": 2.0}) == 1
+    assert plan_concurrency([need(0.5, 1, 0.25)], {"CPU": 8.0}) == 1  # never more than the trials
+
+
+def test_requested_concurrency_beyond_the_cluster_is_refused():
+    with pytest.raises(ResourceError, match="--max-concurrent 2 cannot be placed.*at most 1"):
+        plan_concurrency([need(1, 2, 0.5)] * 2, {"CPU": 2.0}, requested=2)
+    assert plan_concurrency([need(1, 2, 0.5)] * 2, {"CPU": 4.0}, requested=2) == 2
+
+
+def test_fractional_gpus_pack_trials_onto_one_gpu():
+    half = need(1, 1, 1, 0.5)
+    assert plan_concurrency([half] * 4, {"CPU": 16.0, "GPU": 1.0}) == 2
+    with pytest.raises(ResourceError, match="1 workers x 0.5 GPU = 0.5 GPU"):
+        plan_concurrency([half], {"CPU": 16.0})
+    assert plan_concurrency([need(1, 4, 1, 1)] * 8, {"CPU": 64.0, "GPU": 8.0}) == 2
