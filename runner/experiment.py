@@ -80,10 +80,12 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
                           scheduler=scheduler, callbacks=[progress, bridge], restore=restore)
     failed = [r.config["trial"]["name"] for r in grid if r.error is not None]
     by_name = {t.name: t for t in loaded.trials}
+    seconds = {r.config["trial"]["name"]: (r.metrics or {}).get("time_total_s") for r in grid}
     rows = []
     for trial_id, row in bridge.rows.items():
         trial = by_name[row["trial"]]
-        rows.append({**row, "varied": trial.overrides, "start_s": progress.first_result_s.get(trial_id)})
+        rows.append({**row, "varied": trial.overrides, "start_s": progress.first_result_s.get(trial_id),
+                     "time_s": seconds.get(row["trial"])})
     print(f"grid wall time {time.monotonic() - started:.1f} s")
     return rows, failed
 

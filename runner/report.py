@@ -89,16 +89,19 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             name = key.split(" ")[0]
             line[key] = _fmt(value, FIGURES[name][1], signed=key.endswith("diff"))
         line["val_loss"] = _fmt(_number(row.get("val_loss")), 4)
+        line["time_s"] = _fmt(_number(row.get("time_s")), 0)
         table.append(line)
     return _same_columns(table)
 
 
 def _same_columns(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Rows may lack a figure another row has; give every row every column (in first-seen order)."""
+    """Rows may lack a figure another row has: give every row every column (in first-seen order), and
+    drop the columns no row fills (a spec without `reported:` figures has no comparison columns)."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    return [{c: row.get(c, "") for c in columns} for row in rows]
+    filled = [c for c in columns if any(row.get(c, "") != "" for row in rows)]
+    return [{c: row.get(c, "") for c in filled} for row in rows]
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

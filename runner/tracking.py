@@ -101,7 +101,9 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         # sqlite: artifacts beside the db file (MLflow's default would be ./mlartifacts under the cwd)
         uri = client.tracking_uri
         artifacts = (_sqlite_file(uri).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
-        return client.create_experiment(name, artifact_location=artifacts)
+        # The MLflow 3 UI opens GenAI pages unless an experiment says it holds model training.
+        return client.create_experiment(name, artifact_location=artifacts,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:  # created meanwhile by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

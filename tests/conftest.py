@@ -1,15 +1,24 @@
-# ---- MLflow fixtures (runner/tracking.py, registry.py, submit.py tests) -------------------------------
+"""Shared test fixtures: a real `mlflow server` on loopback, sqlite tracking stores, and an environment
+that keeps every test away from the developer's ./mlruns and from Ray's usage-stats prompt."""
+
 import os as _os
 import signal as _signal
 import socket as _socket
 import subprocess as _subprocess
 import sys as _sys
+import tempfile as _tempfile
 import time as _time
 import urllib.request as _urlrequest
 from collections.abc import Iterator as _Iterator
 from pathlib import Path as _Path
 
 import pytest as _pytest
+
+_SESSION_STORE = _tempfile.mkdtemp(prefix="runner-tests-")
+# A test that forgets its own MLFLOW_TRACKING_URI writes here, never into the checkout's ./mlruns.
+_os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_STORE}/mlflow.db"
+_os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class MlflowServer:

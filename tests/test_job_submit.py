@@ -213,7 +213,7 @@ def test_job_submit_runs_smoke_spec_and_tracks_it():
         output = submitted.stdout + submitted.stderr
         status = ray_cli(head, "job", "status", "--address", head.dashboard_url, submission_id)
         assert submitted.returncode == 0, f"job failed after {elapsed:.0f} s:\n{output[-6000:]}"
-        assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+        assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
         upload = re.search(r"Pushing file package '(gcs://_ray_pkg_\w+\.zip)' \(([\d.]+)MiB\)", output)
         assert upload, output[-3000:]
