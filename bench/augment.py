@@ -2,7 +2,8 @@
 
 Reads the train split of a prepared data dir (`--data DIR`, through `runner.data.load_split`) or, without
 one, random uint8 images [N, 32, 32, 3]; writes only to stdout. Two pipelines, each timed both ways in
-this one process on this one machine, warmup first, then `--seconds` of steady state:
+this one process on this one machine, warmup first, then `--repeats` x `--seconds` of steady state,
+batched and PIL measurements interleaved, medians printed:
   base:       crop(pad 4) + hflip + cutout(16) + normalise
   rot+jitter: the same plus rotation (15 deg) and ColorJitter(0.2, 0.2, 0.2)
 PIL side: torchvision transforms per image in a DataLoader with `--workers` processes (each worker
@@ -10,11 +11,20 @@ runs torch with 1 thread, DataLoader's default). Batched side: `runner.augment.A
 batches in this process with `torch.set_num_threads(--workers)`, so both sides use the same cores.
 Both sides include picking the shuffled images out of the data set. CPU only.
 
-Run: .venv/bin/python bench/augment.py [--data DIR] [--workers 2] [--batch 512] [--seconds 4] [--quick]
+Allocator: by default glibc is told to keep freed heap memory for reuse (`mallopt`, before the
+DataLoader forks, so its workers get it too). Each op on a 512-image float batch allocates 6 MB, and
+glibc's defaults give such blocks back to the OS and page-fault them in again on the next allocation;
+the GPU's caching allocator never does, and PyTorch's CPU tuning guide recommends jemalloc/tcmalloc for
+the same reason. `--default-malloc` measures with glibc's defaults instead.
+
+Run: .venv/bin/python bench/augment.py [--data DIR] [--workers N] [--batch 512] [--seconds 3] [--repeats 3]
+                                       [--default-malloc] [--quick]
 """
 
 import argparse
+import ctypes
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +55,17 @@ def load_images(data: str | None, n: int) -> tuple[torch.Tensor, str]:
             return load_split(data, "train").images, f"{data} (train split)"
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     return images, "random uint8"
+
+
+def reuse_freed_memory() -> bool:
+    """glibc: serve blocks up to 32 MB from the heap and never trim it below 1 GB. False if not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
+    settings = ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20))
+    return all(libc.mallopt(key, value) == 1 for key, value in settings)
 
 
 def pil_transform(cfg: dict, mean: list[float], std: list[float]) -> T.Compose:
@@ -102,30 +123,40 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50_000, help="random images when no --data (default 50000)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers = torch threads")
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--seconds", type=float, default=4.0, help="per measurement, after warmup")
+    p.add_argument("--seconds", type=float, default=3.0, help="per measurement, after warmup")
+    p.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is printed")
+    p.add_argument("--default-malloc", action="store_true", help="keep glibc's malloc defaults (see above)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     a = p.parse_args()
     if a.quick:
-        a.n, a.batch, a.seconds = 2048, 128, 0.3
+        a.n, a.batch, a.seconds, a.repeats = 2048, 128, 0.3, 1
 
+    malloc = "glibc defaults" if a.default_malloc or not reuse_freed_memory() else "freed memory reused"
     images, source = load_images(a.data, a.n)
-    unit = images.float().div(255)
-    mean, std = unit.mean((0, 1, 2)).tolist(), unit.std((0, 1, 2)).tolist()
-    del unit
+    sample = images[:5000].double().div(255)  # stats of a sample: any fixed values would time the same
+    mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).tolist()
     torch.set_num_threads(a.workers)  # the batched side gets as many cores as the PIL side has workers
     print(f"{len(images)} images from {source}; batch {a.batch}; {a.workers} DataLoader workers / "
-          f"{torch.get_num_threads()} torch threads; torch {torch.__version__}; {a.seconds:g} s per figure")
+          f"{torch.get_num_threads()} torch threads; malloc: {malloc}; torch {torch.__version__}; "
+          f"{a.repeats} x {a.seconds:g} s per figure; load average {os.getloadavg()[0]:.1f} (other work skews both)")
 
     ratios = []
     for name, cfg in (("crop+flip+cutout", BASE), ("crop+flip+cutout+rotate+jitter", ROT_JITTER)):
-        aug = Augment(cfg, mean, std, channels_last=True)
-        ours = rate(batched(images, aug, a.batch), warmup=3, seconds=a.seconds)
-        print(f"batched ({name}): {ours:,.0f} images/s")
-        pil = rate(pil_batches(images, pil_transform(cfg, mean, std), a.batch, a.workers),
-                   warmup=2 * max(a.workers, 1), seconds=a.seconds)
-        print(f"PIL DataLoader ({name}): {pil:,.0f} images/s")
-        ratios.append(f"ratio batched/PIL ({name}): {ours / pil:.1f}x")
+        ours_it = batched(images, Augment(cfg, mean, std, channels_last=True), a.batch)
+        pil_it = pil_batches(images, pil_transform(cfg, mean, std), a.batch, a.workers)
+        ours, pil = [], []
+        for _ in range(a.repeats):  # interleaved, so a burst of other load hits both sides alike
+            ours.append(rate(ours_it, warmup=3, seconds=a.seconds))
+            pil.append(rate(pil_it, warmup=2 * max(a.workers, 1), seconds=a.seconds))
+        ours_m, pil_m = statistics.median(ours), statistics.median(pil)
+        print(f"batched ({name}): {ours_m:,.0f} images/s ({spread(ours)})")
+        print(f"PIL DataLoader ({name}): {pil_m:,.0f} images/s ({spread(pil)})")
+        ratios.append(f"ratio batched/PIL ({name}): {ours_m / pil_m:.1f}x")
     print("\n".join(ratios))
+
+
+def spread(rates: list[float]) -> str:
+    return f"median of {len(rates)}; {min(rates):,.0f}-{max(rates):,.0f}"
 
 
 if __name__ == "__main__":

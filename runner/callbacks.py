@@ -23,6 +23,7 @@ class Progress(ray.tune.Callback):
         self.stream = stream
         self.started: dict[str, float] = {}
         self.first_result_s: dict[str, float] = {}
+        self.resumed: dict[str, int] = {}  # trial id -> epoch of the checkpoint its workers last restarted from
 
     def on_trial_start(self, iteration: int, trials: list, trial: ray.tune.experiment.Trial, **info) -> None:
         self.started[trial.trial_id] = time.monotonic()
@@ -36,6 +37,10 @@ class Progress(ray.tune.Callback):
             # start latency = trial start -> end of the first epoch, less that epoch's own compute
             elapsed = time.monotonic() - self.started[trial.trial_id]
             self.first_result_s[trial.trial_id] = max(0.0, elapsed - result.get("epoch_s", 0.0))
+        resumed = int(result.get("resumed_from") or 0)
+        if resumed and self.resumed.get(trial.trial_id) != resumed:  # a node loss or `--resume` restarted it
+            self.resumed[trial.trial_id] = resumed
+            self._say(trial, f"resumed from its epoch-{resumed} checkpoint")
         epochs = trial.config["trial"]["config"]["train"]["epochs"]
         self._say(trial, format_epoch(result, epochs))
 
@@ -59,6 +64,11 @@ class Tracking(ray.tune.Callback):
         self.runs: dict[str, str] = {}
         self.best: dict[str, tuple[float, str | None]] = {}
         self.rows: dict[str, dict] = {}  # trial id -> results row, as the tracker summarised it
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into tuner.pkl beside the results (possibly on s3://): leave the open
+        # MLflow client, its URI and queued writes out. A restored Tuner is handed fresh callbacks.
+        return {**self.__dict__, "tracker": None}
 
     def _run_id(self, trial: ray.tune.experiment.Trial) -> str:
         if trial.trial_id not in self.runs:

@@ -39,14 +39,17 @@ def train_worker(loop_config: dict) -> None:
         cfg["data"]["path"], rank=rank, world=world, val_fraction=cfg["data"]["val_fraction"],
         seed=cfg["train"]["seed"])
     resume = None
+    # After a node loss (Train restarts the group) or `--resume` (Train finds its run by name), this is
+    # the last *committed* checkpoint: Train's own record, never a listing of checkpoint folders.
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             resume = train.load_checkpoint(directory)
+    resumed_from = resume["epoch"] if resume else 0  # epochs this worker group did not have to train
 
     nodes = _distinct_nodes(world)
 
     def report(metrics: dict, state: Callable[[], dict]) -> None:
-        metrics = {**metrics, "worker_nodes": nodes}
+        metrics = {**metrics, "worker_nodes": nodes, "resumed_from": resumed_from}
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
@@ -112,6 +115,10 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
     path = storage_join(storage, experiment)
     if restore:
         tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # Tune brings back the callbacks pickled into tuner.pkl by the first attempt, not this invocation's
+        # (Tuner.restore takes none): without this the MLflow bridge and progress lines see no result.
+        # No public API for it in Ray 2.60 (ray-project/ray#41364 uses the same attribute).
+        tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner.fit()
     param_space = {
         "trial": ray.tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),

@@ -100,6 +100,17 @@ def test_rotate_matches_a_reference_quarter_turn():
     assert err.min() < 0.2  # some draw lands within a degree or so of a quarter turn
 
 
+def test_rotate_samples_the_affine_grid_of_a_rotation():
+    # Non-square, so a swapped height/width would show.
+    x, g = distinct(8, h=12, w=20), gen(4)
+    theta = (2 * torch.rand(8, 1, 1, generator=gen(4)) - 1) * math.radians(30)
+    c, s, z = theta.cos().flatten(), theta.sin().flatten(), torch.zeros(8)
+    mat = torch.stack([c, s, z, -s, c, z], dim=1).view(8, 2, 3)
+    grid = torch.nn.functional.affine_grid(mat, list(x.shape), align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(A.rotate(x, 30.0, g), expected, atol=1e-5, rtol=0)
+
+
 def test_rotate_zero_is_identity():
     x = distinct(4)
     assert torch.equal(A.rotate(x, 0.0, gen()), x)
@@ -192,6 +203,24 @@ def test_augment_applies_only_enabled_ops():
     u = uint8_batch(200)
     flipped = flips_match(aug.eval(u), aug(u, gen()), dim=3)
     assert 0 < int(flipped.sum()) < 200
+
+
+@pytest.mark.parametrize("cfg", [ALL_ON, {**ALL_ON, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0},
+                                 {**OFF, "vflip": True, "cutout": 5}, {**OFF, "hflip": True, "vflip": True}])
+def test_augment_equals_the_functions_in_order(cfg):
+    # Augment fuses crop and flips into one gather; the result must not change.
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    u, g = uint8_batch(64), gen(9)
+    if cfg["brightness"]:
+        x = A.color_jitter(A.to_unit(u), cfg["brightness"], cfg["contrast"], cfg["saturation"], g)
+        x = A.normalise(x, mean, std)
+    else:
+        x = A.to_float(u, mean, std, channels_last=False)
+    x = A.random_crop(x, cfg["crop_padding"], g)
+    x = A.hflip(x, g) if cfg["hflip"] else x
+    x = A.vflip(x, g) if cfg["vflip"] else x
+    x = A.cutout(A.rotate(x, cfg["rotate_deg"], g), cfg["cutout"], g)
+    torch.testing.assert_close(A.Augment(cfg, mean, std, channels_last=True)(u, gen(9)), x, rtol=0, atol=1e-6)
 
 
 def test_augment_config_errors_name_the_field():

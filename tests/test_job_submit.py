@@ -174,12 +174,11 @@ def ray_cli(head: RayHead, *args: str, timeout_s: float = 60, **extra_env: str) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_job_submit_runs_smoke_spec_and_tracks_it():
+def test_job_submit_runs_smoke_spec_and_tracks_it(tmp_path):
     import mlflow  # only the result check needs it, after the job
 
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"  # outlives the head's temp dir, which stop() removes
     with RayHead(num_cpus=2) as head:
-        work = head.temp_dir
-        tracking_uri = f"sqlite:///{work}/mlflow.db"
         runtime_env = {"excludes": EXCLUDES, "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
         submission_id = f"smoke-{secrets.token_hex(4)}"
 
@@ -205,7 +204,7 @@ def test_job_submit_runs_smoke_spec_and_tracks_it():
             "run",
             "experiments/smoke.yaml",
             "--storage",
-            str(work / "results"),
+            str(tmp_path / "results"),
             "--no-register",
             timeout_s=480,
         )
@@ -215,10 +214,15 @@ def test_job_submit_runs_smoke_spec_and_tracks_it():
         assert submitted.returncode == 0, f"job failed after {elapsed:.0f} s:\n{output[-6000:]}"
         assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
-        upload = re.search(r"Pushing file package '(gcs://_ray_pkg_\w+\.zip)' \(([\d.]+)MiB\)", output)
-        assert upload, output[-3000:]
-        assert float(upload.group(2)) < UPLOAD_LIMIT_MIB, f"uploaded {upload.group(2)} MiB: check the excludes"
-        print(f"job {submission_id}: SUCCEEDED in {elapsed:.0f} s; uploaded {upload.group(2)} MiB")
+        # What the cluster received: the unpacked working_dir package in the head's session dir.
+        package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output)
+        assert package, output[-3000:]
+        unpacked = head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files" / package.group(1)
+        files = [f for f in unpacked.rglob("*") if f.is_file()]
+        size_mib = sum(f.stat().st_size for f in files) / 2**20
+        assert files and size_mib < UPLOAD_LIMIT_MIB, f"{unpacked}: {len(files)} files, {size_mib:.1f} MiB"
+        assert not {".git", ".venv", "mlruns", "data", "results"} & {p.name for p in unpacked.iterdir()}
+        print(f"job {submission_id}: SUCCEEDED in {elapsed:.0f} s; uploaded {len(files)} files, {size_mib:.2f} MiB")
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("smoke")

@@ -158,7 +158,7 @@ def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir):
     from runner import spec, tune
 
     os.environ.update(ENV)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_temp_dir": short_dir,
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
                                                             "object_store_memory": 100 * 2**20})
     for _ in range(2):
         cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)

@@ -1,0 +1,54 @@
+"""The benchmarks still run: each bench script at `--quick` size on the CPU prints its ratio line last.
+
+Smoke tests only (the figures at these sizes mean nothing); docs/benchmarks.md holds the real ones.
+The two Ray benchmarks start a local Ray each (marked `ray`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def run_bench(script: str, *args: str, timeout: float) -> list[str]:
+    done = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **ENV})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout.strip().splitlines()
+
+
+@pytest.mark.timeout(120)
+def test_gpu_bench_runs_every_section_on_the_cpu():
+    lines = run_bench("gpu.py", timeout=110)
+    assert lines[-1].startswith("ratio training-core loader / pre-made batch")
+    assert lines[-2].startswith("ratio 2 processes / 1 alone")
+    assert sum("compile speed-up" in line for line in lines) == 4  # both WRN layouts, both EfficientNet stems
+
+
+@pytest.mark.timeout(120)
+def test_augment_bench_prints_both_ratios():
+    lines = run_bench("augment.py", "--workers", "1", timeout=110)
+    assert lines[-1].startswith("ratio batched/PIL")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_ray_overhead_bench_compares_steady_epochs():
+    lines = run_bench("ray_overhead.py", timeout=230)
+    assert lines[-1].startswith("ratio Ray/direct (steady-state epoch time)")
+    assert any(line.startswith("Ray Train: steady epoch") for line in lines)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_tune_overhead_bench_runs_the_runner_and_reports_start_latency():
+    lines = run_bench("tune_overhead.py", timeout=290)
+    assert lines[-1].startswith("ratio runner grid / (direct sum / ")
+    assert any("trial start latency" in line for line in lines)

@@ -1,0 +1,163 @@
+"""Faults a long grid meets, each driven through the runner's own code path: a node lost mid-trial
+(simulated cluster), the driver SIGKILLed and resumed, the MLflow server down at start or for a while,
+and writers killed mid-write (a kill leaves the old file or the new one, never half of one).
+
+Ray tests run one at a time on the shared machine: `flock /tmp/ray-test.lock .venv/bin/pytest tests/test_faults.py`.
+Every Ray test has a timeout: a resource mistake hangs instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+       "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
+MB = 2**20
+
+
+@pytest.fixture
+def short_dir():
+    """Ray's unix sockets need short paths (~107 bytes): not under pytest's tmp_path."""
+    with tempfile.TemporaryDirectory(prefix="rf-", dir="/tmp") as directory:
+        yield directory
+
+
+def write_spec(directory: str, text: str, name: str = "spec.yaml") -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as fh:
+        fh.write(textwrap.dedent(text))
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on return: nothing listens there
+
+
+# ---------------------------------------------------------------- 1. node loss mid-trial
+NODE_LOSS = """
+name: node_loss
+base:
+  data: {path: "synthetic:1200", val_fraction: 0.25}
+  model: {name: wrn_std, depth: 10, width: 1}
+  train: {epochs: 4, batch_size: 32}
+  scaling: {workers: 2, cpus_per_worker: 1, trial_cpus: 1}
+  max_failures: 1
+"""
+
+
+class Watch:
+    """A Tune callback that records what the driver received (epoch, when, restart point) and tells the
+    main thread when the first committed checkpoint is in (Train commits before forwarding to Tune)."""
+
+    def __new__(cls):  # noqa: ANN204 - built lazily so importing this module does not import ray
+        import ray.tune
+
+        class _Watch(ray.tune.Callback):
+            def __init__(self) -> None:
+                self.results: list[dict] = []
+                self.first_checkpoint = threading.Event()
+
+            def __getstate__(self) -> dict:  # Tune pickles callbacks into tuner.pkl; an Event cannot be
+                return {"results": []}
+
+            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+                if "epoch" not in result:
+                    return
+                self.results.append({"at": time.monotonic(), "epoch": int(result["epoch"]),
+                                     "resumed_from": int(result["resumed_from"]),
+                                     "worker_nodes": int(result["worker_nodes"]),
+                                     "checkpoint_path": result.get("checkpoint_path")})
+                if result.get("checkpoint_path"):
+                    self.first_checkpoint.set()
+
+        return _Watch()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir):
+    import ray
+    from mlflow import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    from runner import callbacks, spec, tracking, tune
+
+    os.environ.update(ENV)
+    # The head's one CPU holds the trial driver; each 1-CPU worker node holds one DDP rank.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
+                                                            "object_store_memory": 100 * MB})
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=100 * MB) for _ in range(2)]
+    uri = f"sqlite:///{short_dir}/mlflow.db"
+    try:
+        ray.init(address=cluster.address)
+        trials = spec.load_spec(write_spec(short_dir, NODE_LOSS)).trials
+        watch = Watch()
+        tracker = tracking.Tracker("node_loss", uri, staging_dir=short_dir)
+        parent = tracker.start_parent(run_name="node-loss")
+        bridge = callbacks.Tracking(tracker, {}, {}, f"{short_dir}/results")
+        outcome: dict = {}
+
+        def grid() -> None:  # cluster.add_node/remove_node need the main thread: the grid runs here
+            try:
+                outcome["grid"] = tune.run_tuner(trials, experiment="node-loss", storage=f"{short_dir}/results",
+                                                 max_concurrent=1, scheduler=None, callbacks=[watch, bridge])
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=grid, daemon=True)
+        thread.start()
+        assert watch.first_checkpoint.wait(240), "no committed checkpoint within 240 s"
+        killed_at = time.monotonic()
+        seen_before_kill = [r["epoch"] for r in watch.results]
+        cluster.remove_node(workers[0], allow_graceful=False)  # one rank's node dies mid-epoch
+        cluster.add_node(num_cpus=1, object_store_memory=100 * MB)  # what the autoscaler would do
+        thread.join(300)
+        assert not thread.is_alive(), "the grid did not finish within 300 s of the node loss"
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["grid"][0]
+        assert result.error is None, result.error
+        tracker.finish_parent("FINISHED", list(bridge.rows.values()))
+        tracker.close()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    epochs = [r["epoch"] for r in watch.results]
+    assert max(seen_before_kill) < 4, f"training ended before the node was killed: {epochs}"
+    restarted = [r for r in watch.results if r["resumed_from"] > 0]
+    assert restarted, f"no worker group restarted from a checkpoint: {watch.results}"
+    first = restarted[0]
+    before = [r for r in watch.results if r["at"] < first["at"]]
+    # It restarted from the last checkpoint Train had committed (every committed one reached Tune) ...
+    assert first["resumed_from"] == before[-1]["epoch"] and before[-1]["checkpoint_path"]
+    assert first["epoch"] == first["resumed_from"] + 1
+    # ... so the epoch in flight at the kill is the only work done twice, and it finished every epoch.
+    assert epochs == [1, 2, 3, 4], epochs
+    assert result.metrics["epoch"] == 4 and first["worker_nodes"] == 2
+    recovery_s = first["at"] - killed_at
+    print(f"\nnode loss: killed after epoch {seen_before_kill[-1]}, restarted from epoch {first['resumed_from']}, "
+          f"first epoch after restart {recovery_s:.1f} s after the kill")
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("node_loss").experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 1
+    child = children[0]
+    assert child.info.status == "FINISHED"
+    for key in ("val_acc", "train_loss"):
+        assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4]
