@@ -1,6 +1,8 @@
 """Training throughput of the project's models and training core on one GPU (pure PyTorch: no Ray, no MLflow).
 
 Sections (each timed with CUDA events after a warmup; on CPU with perf_counter):
+  profile one training-core step cut into index+augment / forward+backward / optimizer / metric sums
+          (wrn_std-10-1 at batch 64 and WRN-16-4 at batch 32, eager; each part ends in a device sync);
   models  training images/s (forward + backward + optimizer step of runner.train on one pre-made batch) for
           WRN-16-4 in both layouts (`wrn` = davda54's n+1 units per group, `wrn_std` = the standard one) and
           EfficientNet-B0 with both stems, bf16 autocast and channels_last, eager and torch.compile;
@@ -181,6 +183,50 @@ def bench_loader(a: argparse.Namespace, images: torch.Tensor, labels: torch.Tens
     return r / p
 
 
+# ---------------------------------------------------------------- profile: where a training step's time goes
+
+def bench_profile(a: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The training core's step cut into its parts, each ended by a device sync (so on a GPU the parts
+    no longer overlap with the host: the sum is a little above the real step time)."""
+    cases = (("wrn_std-10-1", {"depth": 10, "width": 1}, 64), ("WRN-16-4 (wrn_std)", WRN, 32))
+    print(f"\n[profile] one training step in parts, {a.profile_steps} steps after {a.warmup} warmup, eager")
+    images_d, labels_d = train._to_device(data.Split(images, labels, []), a.device)
+    for label, kwargs, batch in cases:
+        if a.quick:
+            kwargs, batch, label = TINY["wrn_std"], a.batch, f"{label} as wrn_std {TINY['wrn_std']}"
+        cfg = config(a, "wrn_std", kwargs, compile_=False, batch=batch)
+        run = make_run(cfg, a.device, [0.5] * 3, [0.25] * 3, a.compile_backend)
+        generator = torch.Generator(device=a.device).manual_seed(0)
+        order = torch.randperm(len(labels_d), device=a.device, generator=generator)
+        parts = {"index + augment": 0.0, "forward + backward": 0.0, "optimizer step": 0.0, "metric sums": 0.0}
+        sums = torch.zeros(2, device=a.device, dtype=torch.float64)
+        run.model.train()
+        steps = min(a.warmup + a.profile_steps, len(labels_d) // batch)
+        for step in range(steps):
+            clock = [time.perf_counter()]
+            index = order[step * batch:(step + 1) * batch]
+            x, y = run.augment(images_d[index], generator), labels_d[index]
+            sync(a.device)
+            clock.append(time.perf_counter())
+            loss, logits = train._forward_backward(run, x, y, 0.0)
+            sync(a.device)
+            clock.append(time.perf_counter())
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            sync(a.device)
+            clock.append(time.perf_counter())
+            sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
+            sync(a.device)
+            clock.append(time.perf_counter())
+            if step >= a.warmup:
+                for name, start, end in zip(parts, clock, clock[1:], strict=False):
+                    parts[name] += end - start
+        total = sum(parts.values())
+        timed = steps - a.warmup
+        print(f"  {label} batch {batch}: {total / max(timed, 1) * 1000:.1f} ms/step; "
+              + ", ".join(f"{name} {value / total:.1%}" for name, value in parts.items()))
+
+
 # ---------------------------------------------------------------- pack: two trainings on one GPU
 
 def pack_worker(a: argparse.Namespace) -> None:
@@ -288,7 +334,9 @@ def main() -> None:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (--quick: aot_eager)")
     p.add_argument("--pack-batch", type=int, default=128, help="batch of each trial in the pack test")
     p.add_argument("--pack-seconds", type=float, default=20.0)
-    p.add_argument("--sections", default="models,loader,pack", help="comma list of models, loader, pack")
+    p.add_argument("--sections", default="profile,loader,models,pack",
+                   help="comma list of profile, loader, models, pack")
+    p.add_argument("--profile-steps", type=int, default=20, help="timed steps per model in the profile")
     p.add_argument("--time-to-acc", action="store_true", help="only the CIFAR-10 time-to-93%%/94%% run")
     p.add_argument("--epochs", type=int, default=None, help="--time-to-acc epochs (default 40)")
     p.add_argument("--tta-batch", type=int, default=512, help="--time-to-acc batch")
@@ -299,6 +347,7 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.n, a.batch, a.warmup, a.steps, a.rounds, a.pack_batch, a.pack_seconds = 256, 16, 1, 2, 1, 16, 1.0
+        a.profile_steps = 2
         a.tta_batch = 64
         if a.compile_backend == "inductor":
             a.compile_backend = "aot_eager"  # inductor's C++ build takes ~25 s per graph on a 2-core CPU
@@ -317,6 +366,8 @@ def main() -> None:
     images, labels, source = load_images(a)
     print(f"data: {source}")
     sections = set(a.sections.split(","))
+    if "profile" in sections:
+        bench_profile(a, images, labels)
     loader = bench_loader(a, images, labels) if "loader" in sections else None
     release()
     if "models" in sections:

@@ -15,8 +15,9 @@ controller logs (in the run's own RAY_TMPDIR) give where a trial's start-up goes
 
 `--ray-env KEY=VALUE` (repeatable) sets environment variables for the runner process (Ray Train reads
 RAY_TRAIN_* there and forwards them to its controller and workers); `--reuse-actors` runs the runner with
-Tune's `TuneConfig(reuse_actors=True)` (patched in, for measuring that change); `--proposed` adds a second
-runner run with the start-up cuts docs/benchmarks.md recommends, so both print side by side.
+Tune's `TuneConfig(reuse_actors=True)` (patched in, for measuring that change); `--proposed` adds a runner
+run with the start-up cuts docs/benchmarks.md recommends; `--prototype` adds one where 1-worker CPU trials
+train inside their Tune trial actor (no TorchTrainer), to measure what that design change would buy.
 
 Run: .venv/bin/python bench/tune_overhead.py [--n 3000] [--epochs 3] [--proposed] [--quick]
 It starts a local Ray: on a shared machine wrap it in `flock /tmp/ray-test.lock ...`.
@@ -34,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -68,13 +68,52 @@ grid:
 """
 
 # Runs the runner with Tune's TuneConfig defaulting to reuse_actors=True (what --reuse-actors measures).
-REUSE_ACTORS = textwrap.dedent("""\
-    import functools, sys
-    import ray.tune
-    ray.tune.TuneConfig = functools.partial(ray.tune.TuneConfig, reuse_actors=True)
-    from runner.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
+REUSE_ACTORS = """\
+import functools
+import ray.tune
+ray.tune.TuneConfig = functools.partial(ray.tune.TuneConfig, reuse_actors=True)
+"""
+# A prototype (--in-process-trials): a 1-worker CPU trial trains inside its Tune trial actor instead of a
+# TorchTrainer (no Train controller, worker, sync, dataset-manager or placement-group-cleaner processes).
+# Checkpoints go through ray.tune.report; results carry no `checkpoint_path`, so the MLflow bridge logs no
+# state.pt/plots for these trials (slightly less driver work than the real path).
+IN_PROCESS = """\
+import tempfile
+import ray.tune
+from runner import tune as runner_tune
+
+_through_ray_train = runner_tune.trial_driver
+
+
+def trial_driver(config):
+    cfg = config["trial"]["config"]
+    if cfg["scaling"]["workers"] != 1 or cfg["scaling"]["gpus_per_worker"]:
+        return _through_ray_train(config)
+    import torch
+    from runner import data, train
+    meta = data.read_meta(cfg["data"]["path"])
+    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
+                                                   val_fraction=cfg["data"]["val_fraction"], seed=cfg["train"]["seed"])
+    resume = None
+    if (checkpoint := ray.tune.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as directory:
+            resume = train.load_checkpoint(directory)
+
+    def report(metrics, state):
+        with tempfile.TemporaryDirectory() as directory:
+            train.save_checkpoint(state(), directory)
+            ray.tune.report({**metrics, "worker_nodes": 1}, checkpoint=ray.tune.Checkpoint.from_directory(directory))
+
+    train.fit(cfg, train_split, val_split, meta.classes, report, device=torch.device("cpu"), resume=resume)
+
+
+runner_tune.trial_driver = trial_driver
+"""
+MAIN = """\
+import sys
+from runner.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def write_spec(directory: str, a: argparse.Namespace) -> str:
@@ -113,14 +152,15 @@ EPOCH = re.compile(r"epoch (?P<epoch>\d+)/\d+ .* (?P<epoch_s>[\d.]+) s$")
 
 
 def run_runner(spec_path: str, directory: str, num_cpus: float, env_extra: dict, reuse_actors: bool,
-               timeout_s: float) -> dict:
+               in_process: bool, timeout_s: float) -> dict:
     """`runner run` in a subprocess; its stdout lines timestamped on arrival."""
     os.makedirs(directory, exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db", "RAY_TMPDIR": directory, **env_extra}
     for name in ("RAY_ADDRESS", "RUNNER_STORAGE"):
         env.pop(name, None)
-    command = ["-c", REUSE_ACTORS] if reuse_actors else ["-m", "runner"]
+    patches = (REUSE_ACTORS if reuse_actors else "") + (IN_PROCESS if in_process else "")
+    command = ["-c", patches + MAIN] if patches else ["-m", "runner"]
     args = [sys.executable, *command, "run", spec_path, "--storage", f"{directory}/results",
             "--num-cpus", f"{num_cpus:g}", "--no-register"]
     lines: list[tuple[float, str]] = []
@@ -163,7 +203,7 @@ def trial_timeline(lines: list[tuple[float, str]]) -> dict[str, dict]:
 def _train_logs(directory: str) -> list[dict]:
     """Phase durations from Ray Train's controller logs (one file per TorchTrainer.fit)."""
     out = []
-    for path in sorted(glob.glob(f"{directory}/ray/session_*/logs/train/ray-train-sys-controller-*.log")):
+    for path in sorted(glob.glob(f"{directory}/ray/session_2*/logs/train/ray-train-sys-controller-*.log")):
         phases: dict[str, float] = {}
         with open(path) as fh:
             records = [json.loads(line) for line in fh if line.startswith("{")]
@@ -177,6 +217,7 @@ def _train_logs(directory: str) -> list[dict]:
                                  ("actors_s", r"worker actors created in ([\d.]+)s"),
                                  ("context_s", r"Train context initialized on workers in ([\d.]+)s"),
                                  ("after_start_s", r"after_worker_group_start callbacks completed in ([\d.]+)s"),
+                                 ("launch_s", r"Train function launched on workers in ([\d.]+)s"),
                                  ("group_start_s", r"Worker group startup completed in ([\d.]+)s total")):
                 if found := re.search(pattern, message):
                     phases[key] = float(found.group(1))
@@ -201,7 +242,7 @@ def summarise(name: str, result: dict, direct_per_slot: float) -> dict:
     latency = {n: t["epochs"][0][0] - t["started"] - t["epochs"][0][1]
                for n, t in trials.items() if t.get("started") and t["epochs"]}
     tails = {n: t["finished"] - t["epochs"][-1][0] for n, t in trials.items() if t.get("finished") and t["epochs"]}
-    print(f"{name}: grid wall time {grid} s; whole `runner run` process {result['process_s']:.1f} s")
+    print(f"runner run [{name}]: grid wall time {grid} s; whole `runner run` process {result['process_s']:.1f} s")
     print(f"  trial start latency (start -> first result, less its compute): "
           f"median {statistics.median(latency.values()):.1f} s, max {max(latency.values()):.1f} s "
           f"[{', '.join(f'{v:.1f}' for v in latency.values())}]")
@@ -215,7 +256,9 @@ def summarise(name: str, result: dict, direct_per_slot: float) -> dict:
                    [f - s for s, f in zip(starts, firsts, strict=True)])]
         for label, key in (("placement group", "placement_group_s"), ("worker actor processes", "actors_s"),
                            ("train context on workers", "context_s"),
-                           ("process group + callbacks", "after_start_s"), ("worker group total", "group_start_s")):
+                           ("process group + callbacks", "after_start_s"),
+                           ("train function to the workers (unpickling imports its module)", "launch_s"),
+                           ("worker group total", "group_start_s")):
             phases.append((label, [p[key] for p in logs if key in p]))
         phases.append(("controller shutdown",
                        [p["shutdown_done"] - p["shutdown_at"] for p in logs if "shutdown_done" in p]))
@@ -243,6 +286,8 @@ def main() -> None:
     p.add_argument("--reuse-actors", action="store_true", help="Tune's reuse_actors=True for the runner run")
     p.add_argument("--proposed", action="store_true",
                    help=f"also run the runner with the proposed cuts ({PROPOSED_ENV}, reuse_actors=True)")
+    p.add_argument("--prototype", action="store_true",
+                   help="also run the in-process-trial prototype (with the proposed cuts)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per runner run")
     p.add_argument("--keep", action="store_true", help="keep the work dir (Ray logs, MLflow store) and print it")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
@@ -266,13 +311,16 @@ def main() -> None:
         per_slot = sum(direct) / concurrency
         print(f"direct: {sum(direct):.1f} s for {len(direct)} trials one after another; / {concurrency} = "
               f"{per_slot:.1f} s", flush=True)
-        runs = [("runner run (as is)" + (f", env {env}" if env else "") + (", reuse_actors" if a.reuse_actors else ""),
-                 env, a.reuse_actors)]
+        runs = [("as is" + (f", env {env}" if env else "") + (", reuse_actors" if a.reuse_actors else ""),
+                 env, a.reuse_actors, False)]
         if a.proposed:
-            runs.append((f"runner run (proposed: {PROPOSED_ENV}, reuse_actors)", {**env, **PROPOSED_ENV}, True))
+            runs.append(("proposed env + reuse_actors", {**env, **PROPOSED_ENV}, True, False))
+        if a.prototype:
+            runs.append(("prototype: in-process 1-worker trials", {**env, **PROPOSED_ENV}, True, True))
         figures = []
-        for i, (name, run_env, reuse) in enumerate(runs):
-            result = run_runner(spec_path, os.path.join(work, f"run{i}"), a.num_cpus, run_env, reuse, a.timeout)
+        for i, (name, run_env, reuse, in_process) in enumerate(runs):
+            result = run_runner(spec_path, os.path.join(work, f"run{i}"), a.num_cpus, run_env, reuse, in_process,
+                                a.timeout)
             figures.append((name, summarise(name, result, per_slot)))
     finally:
         if a.keep:
@@ -280,7 +328,8 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
     for name, f in figures:
-        print(f"{name}: start latency max {f['latency_max']:.1f} s (goal <= 10 s)")
+        print(f"[{name}] start latency median {f['latency_median']:.1f} s, max {f['latency_max']:.1f} s "
+              "(goal <= 10 s)")
     for name, f in figures:
         print(f"ratio runner grid / (direct sum / {concurrency}) [{name}]: {f['ratio']:.2f}x (goal <= 1.35x)")
 

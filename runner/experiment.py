@@ -9,14 +9,15 @@ trial is registered and, on request, a submission written from it.
 
 from __future__ import annotations
 
-import csv
 import os
+import socket
 import time
 
 from runner import budget, data, report, resources, spec, tracking
 from runner.commands import num_classes
 
 DEFAULT_STORAGE = "results"
+AUTOSCALING_CONFIG_ENV = "RUNNER_AUTOSCALING_CONFIG"
 
 
 def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, scheduler: str | None,
@@ -47,7 +48,9 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
 
 
 def _preflight(loaded: spec.Spec) -> None:
-    """Data readable and every trial within budget (or flagged) before any process starts."""
+    """Data readable, every trial within budget (or flagged) and RAY_ADDRESS answering, before any
+    process starts or anything is written."""
+    _probe_ray_address()
     metas = {}
     for trial in loaded.trials:
         path = trial.config["data"]["path"]
@@ -70,7 +73,7 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
 
     _start_ray(num_cpus)
     needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
-    concurrency = resources.plan_concurrency(needs, ray.cluster_resources(), max_concurrent)
+    concurrency = resources.plan_concurrency(needs, _capacity(ray.cluster_resources()), max_concurrent)
     print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}")
     progress = callbacks.Progress()
     bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials},
@@ -81,8 +84,13 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
     failed = [r.config["trial"]["name"] for r in grid if r.error is not None]
     by_name = {t.name: t for t in loaded.trials}
     seconds = {r.config["trial"]["name"]: (r.metrics or {}).get("time_total_s") for r in grid}
+    found = list(bridge.rows.items())
+    if restore:  # trials that finished before the driver died are not run again: their rows are in MLflow
+        seen = {row["trial"] for row in bridge.rows.values()}
+        found += [(row["trial_id"], row) for row in map(tracking.run_row, tracking.trial_runs(
+            tracker.client, tracker.experiment_name, tracker.parent_run_id)) if row["trial"] not in seen]
     rows = []
-    for trial_id, row in bridge.rows.items():
+    for trial_id, row in found:
         trial = by_name[row["trial"]]
         rows.append({**row, "varied": trial.overrides, "start_s": progress.first_result_s.get(trial_id),
                      "time_s": seconds.get(row["trial"])})
@@ -90,10 +98,40 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
     return rows, failed
 
 
+def _capacity(up_now: dict[str, float]) -> dict[str, float]:
+    """Resources the grid may plan on: what is up now, or what the autoscaler may add when
+    RUNNER_AUTOSCALING_CONFIG names the cluster launcher config (cluster.yaml sets it on the head)."""
+    path = os.environ.get(AUTOSCALING_CONFIG_ENV)
+    if not path:
+        return up_now
+    try:
+        launcher_config = spec.load_yaml_file(os.path.expanduser(path))
+    except OSError as err:
+        raise resources.ResourceError(f"{AUTOSCALING_CONFIG_ENV}={path}: cannot read it ({err.strerror}); point it "
+                                      "to the cluster launcher config (~/ray_bootstrap_config.yaml on a head)") from err
+    return resources.larger_of(up_now, resources.autoscaling_capacity(launcher_config))
+
+
 def _budget_tags(trial: spec.Trial) -> dict:
     """Known before training, so even a trial that fails early carries its verdict."""
     verdict = budget.check(trial.config["model"], num_classes(trial.config)[0], trial.config["budget"]["max_params"])
     return {"params": verdict.params, "within_budget": str(verdict.within).lower()}
+
+
+def _probe_ray_address(timeout_s: float = 5.0) -> None:
+    """RAY_ADDRESS names a cluster: reach its port before anything is spent. Ray's own connect retries
+    for minutes against a dead address (no answer after 200 s, Ray 2.60), which looks like a hang."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local", or a form Ray itself will explain
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise resources.ResourceError(
+            f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({err}); start the cluster "
+            "(`ray up cluster.yaml` / `ray start --head`), fix the address, or unset RAY_ADDRESS to run "
+            "on a local Ray") from err
 
 
 def _start_ray(num_cpus: float | None) -> None:
@@ -137,13 +175,7 @@ def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
     target = f"{storage}/{experiment}/results.csv"
     if "://" in storage:
         return target  # the same table is in MLflow; remote storage is written by Ray only
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    temp = target + ".tmp"
-    with open(temp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["trial"])
-        writer.writeheader()
-        writer.writerows(table)
-    os.replace(temp, target)
+    report.atomic_write_text(target, report.to_csv_text(table) or "trial\n")  # a kill leaves old or new
     return target
 
 

@@ -73,6 +73,29 @@ def plan_concurrency(needs: list[TrialNeed], cluster: dict[str, float], requeste
     return requested
 
 
+def autoscaling_capacity(launcher_config: dict) -> dict[str, float]:
+    """What an autoscaling cluster can grow to: the head plus every worker node type at its
+    `max_workers`, capped by the cluster-wide `max_workers`. `ray.cluster_resources()` counts only the
+    nodes already up, so a fresh cluster (head only, min_workers 0) would refuse every GPU grid.
+    Takes the Ray cluster launcher config (`ray up`'s cluster.yaml, ~/ray_bootstrap_config.yaml)."""
+    types = launcher_config.get("available_node_types") or {}
+    head = launcher_config.get("head_node_type")
+    total: dict[str, float] = {}
+    budget = launcher_config.get("max_workers")
+    largest_first = sorted(types.items(), key=lambda kv: -sum((kv[1].get("resources") or {}).values()))
+    for name, node_type in largest_first:
+        count = 1 if name == head else int(node_type.get("max_workers", 0))
+        if name != head and budget is not None:
+            count, budget = min(count, budget), budget - min(count, budget)
+        for resource, amount in (node_type.get("resources") or {}).items():
+            total[resource] = total.get(resource, 0.0) + amount * count
+    return total
+
+
+def larger_of(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {key: max(a.get(key, 0.0), b.get(key, 0.0)) for key in {*a, *b}}
+
+
 def _fits(need: TrialNeed, cpus: float, gpus: float) -> int:
     by_cpu = math.floor(cpus / need.cpus + 1e-9)
     by_gpu = math.floor(gpus / need.gpus + 1e-9) if need.gpus else by_cpu

@@ -53,12 +53,18 @@ PACKAGES = ("torch", "torchvision", "ray", "mlflow", "timm")
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
 
 
-class TrackingError(RuntimeError):
-    """MLflow unreachable at start, a refused write, or writes lost to a long outage."""
+class TrackingError(ValueError):
+    """MLflow unreachable at start, a refused write, or writes lost to a long outage. A ValueError, like
+    every user-facing error here: the CLI prints `runner: error: <message>` instead of a traceback."""
 
 
 def default_tracking_uri(root: str | os.PathLike = ".") -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlruns' / 'mlflow.db'}"  # 4 slashes: an absolute path
+
+
+def redact(uri: str) -> str:
+    """`https://user:secret@host/...` -> `https://***@host/...`: URIs are shown in messages and logs."""
+    return re.sub(r"(?<=://)[^/@]+@", "***@", uri)
 
 
 def resolve_tracking_uri(uri: str | None = None, root: str | os.PathLike = ".") -> str:
@@ -79,7 +85,7 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
         except urllib.error.HTTPError:
             pass  # it answered (e.g. 401 behind auth): reachable
         except OSError as exc:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({exc}). Start it "
+            raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({exc}). Start it "
                                 "(`make ui`, or `mlflow server --host 127.0.0.1 --port ...`) or point "
                                 "MLFLOW_TRACKING_URI at a running one.") from exc
     elif uri.startswith("sqlite:///"):
@@ -116,13 +122,22 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     out: dict[str, str] = {}
     for key, value in config.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_params(value, dotted + "."))
-        elif SECRET.search(str(key)):
+        if SECRET.search(str(key)):  # the whole subtree: `credentials: {user: .., pass: ..}` too
             out[dotted] = "***"
+        elif isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, dotted + "."))
         else:
             out[dotted] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
     return out
+
+
+def mask_secrets(config: Any) -> Any:
+    """A copy of `config` with the values under secret-looking keys replaced by '***' (for artifacts)."""
+    if isinstance(config, Mapping):
+        return {k: "***" if SECRET.search(str(k)) else mask_secrets(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [mask_secrets(v) for v in config]
+    return config
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -191,8 +206,9 @@ class Tracker:
     def __init__(self, experiment_name: str, tracking_uri: str | None = None, *, root: str | os.PathLike = ".",
                  outage_timeout_s: float = 300.0, probe_timeout_s: float = 3.0,
                  staging_dir: str | os.PathLike | None = None) -> None:
-        self.uri = resolve_tracking_uri(tracking_uri, root)
-        self.client = connect(self.uri, root, probe_timeout_s)
+        uri = resolve_tracking_uri(tracking_uri, root)
+        self.client = connect(uri, root, probe_timeout_s)
+        self.uri = redact(uri)  # for messages only; the client keeps the real one
         self.outage_timeout_s = outage_timeout_s
         try:
             self.experiment_id = ensure_experiment(self.client, experiment_name)
@@ -349,6 +365,7 @@ class Tracker:
                 history.setdefault(metric.step, {})[key] = metric.value
 
     def _log_config(self, run_id: str, config: Mapping[str, Any]) -> None:
+        config = mask_secrets(config)  # resolved.yaml is read by anyone who can read the run, like params
         try:
             from runner.spec import dump_yaml  # only spec.py may import yaml
             text, filename = dump_yaml(dict(config)), "resolved.yaml"

@@ -3,10 +3,11 @@
 No cloud calls and no Ray cluster: Ray's schema and `prepare_config`/`validate_config` (what `ray up`
 runs before it talks to AWS), then `invariant_violations`, which reads the file as text and as a YAML
 node graph (so placeholder aliases can be told from hard-coded copies). Each invariant also has a
-mutated copy of the file that must break it. The head's shell commands that need no AWS (the
-~/runner.env writer, the .bashrc hook, the MLflow server start/restart) are executed here too.
+mutated copy of the file that must break it. What needs no AWS is executed here too: a wheel is built
+from exactly the mounted project files, and the head's shell commands (the ~/runner.env writer, the
+.bashrc hook, the MLflow server start/restart) run against a temporary HOME.
 
-    pytest tests/test_cluster_yaml.py            # ~2 s; -m slow adds the MLflow server start (~20 s)
+    pytest -m "not slow" tests/test_cluster_yaml.py   # ~2 s; without -m, + the MLflow start check (30-60 s)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -354,6 +356,32 @@ def test_head_env_file_and_bashrc_hook(cfg, tmp_path):
     expected = head_env(cfg)
     assert {k: seen.get(k) for k in expected} == expected
     assert seen["RUNNER_STORAGE"] == "s3://runner-bucket/runner"
+
+
+def test_mounted_project_builds_with_its_console_script(cfg, tmp_path):
+    """The file_mounts under ~/runner carry everything `pip install` needs (pyproject, README, packages)."""
+    mounted = {remote: local for remote, local in cfg["file_mounts"].items() if remote.startswith("~/runner/")}
+    assert mounted, "no project files are mounted under ~/runner"
+    for remote, local in mounted.items():
+        source, target = ROOT / local, tmp_path / "runner" / remote.removeprefix("~/runner/")
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    assert any("cp -r ~/runner " in c and "pip install" in c for c in cfg["setup_commands"])
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "out"),
+         str(tmp_path / "runner")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert "runner = runner.cli:main" in entry_points
+    assert {"runner/cli.py", "models/__init__.py"} <= set(names)
 
 
 def _free_port() -> int:

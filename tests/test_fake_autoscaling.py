@@ -13,8 +13,8 @@ with `provider.gcs_address` set (without it the launcher waits on port 6379 for 
   because Train on a fake GPU would try CUDA.
 - `test_runner_grid_runs_on_autoscaled_nodes`: `runner run experiments/smoke.yaml` against the same
   fake cluster, with drivers sized to fill the head, so Train's DDP workers can only run on nodes the
-  autoscaler adds. It is marked xfail (strict) until the runner's resource check counts what the
-  autoscaler can add, not only the nodes already up.
+  autoscaler adds. The runner plans on what the autoscaler may add (RUNNER_AUTOSCALING_CONFIG), not
+  only on the nodes already up, or it would refuse the grid on the head alone.
 
     flock /tmp/ray-test.lock pytest -m slow tests/test_fake_autoscaling.py     # ~3-4 min on 2 cores
 """
@@ -153,6 +153,7 @@ print("RESULT " + json.dumps({"before": before, "after": node_table(), "trials":
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_gpu_shaped_grid_scales_gpu_nodes_from_zero(tmp_path):
     head, config = start_fake_cluster(tmp_path)
@@ -196,15 +197,8 @@ print("RESULT " + json.dumps({"nodes": node_table(), "workers": [a.node_id for a
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="runner's resource check (runner/resources.plan_concurrency) counts only the nodes already up, "
-    "so on an autoscaling cluster it refuses what the autoscaler would add. With that check bypassed "
-    "this test passed (103 s; a `driver` node launched from 0 ran all 4 Train workers). Remove this "
-    "marker once `runner run` also counts the autoscaler's maximum (RUNNER_AUTOSCALING_CONFIG).",
-)
 def test_runner_grid_runs_on_autoscaled_nodes(tmp_path):
     head, config = start_fake_cluster(tmp_path)
     try:
@@ -214,7 +208,7 @@ def test_runner_grid_runs_on_autoscaled_nodes(tmp_path):
         env = head.client_env(
             MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
             RUNNER_TRIAL_RESOURCE=TRIAL_RESOURCE,
-            RUNNER_AUTOSCALING_CONFIG=str(tmp_path / "fake.yaml"),  # what the autoscaler may add (proposed)
+            RUNNER_AUTOSCALING_CONFIG=str(tmp_path / "fake.yaml"),  # what the autoscaler may add
         )
         run = subprocess.run(
             [str(VENV_BIN / "runner"), "run", "experiments/smoke.yaml", "--set", f"scaling.trial_cpus={head_cpus / 2}",

@@ -8,7 +8,9 @@ Every Ray test has a timeout: a resource mistake hangs instead of failing.
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +19,6 @@ import tempfile
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,139 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir):
     assert child.info.status == "FINISHED"
     for key in ("val_acc", "train_loss"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- 2. the driver SIGKILLed, then --resume
+KILLED = """
+name: killed_driver
+base:
+  data: {path: "synthetic:1200", val_fraction: 0.25}
+  model: {name: wrn_std, depth: 10, width: 1}
+  train: {epochs: 2, batch_size: 32}
+  scaling: {workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.5}
+runs:
+  - name: first
+  - name: second
+    train.epochs: 6
+"""
+
+
+class Driver:
+    """`runner run` in its own session (its local Ray's processes join it), read line by line."""
+
+    def __init__(self, args: list[str], cwd: str, env: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, fragment: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while fragment not in self.text:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never printed {fragment!r}:\n{self.text[-4000:]}")
+            time.sleep(0.1)
+
+    def finish(self, timeout_s: float) -> int:
+        try:
+            code = self.proc.wait(timeout_s)
+        finally:
+            self.kill()
+        self._reader.join(10)
+        return code
+
+    def session(self) -> list[int]:
+        """Every live process of this driver's session: itself, its Ray (GCS, raylet, workers, dashboard)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, NotADirectoryError, IndexError):
+                continue
+            if fields[3] == str(self.proc.pid) and fields[0] != "Z":  # field 6 of stat: session id
+                pids.append(int(entry))
+        return pids
+
+    def kill(self) -> None:
+        """SIGKILL the driver and whatever of its session outlives it (Ray usually goes with it)."""
+        deadline = time.monotonic() + 30
+        while (pids := self.session()) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        self.proc.poll()
+        assert not self.session(), f"processes of the killed driver still alive: {self.session()}"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_killed_driver_resumes_the_grid_and_its_mlflow_runs(short_dir):
+    from mlflow import MlflowClient
+
+    spec = write_spec(short_dir, KILLED)
+    uri = f"sqlite:///{short_dir}/mlflow.db"
+    # RAY_TMPDIR: this driver's local Ray keeps to its own folder and never finds another cluster's address
+    env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": f"{short_dir}/t"}
+    env.pop("RAY_ADDRESS", None)
+    args = ["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "1",
+            "--no-register"]
+    first = Driver(args, short_dir, env)
+    try:
+        first.wait_for("[first] started", 120)
+        dashboards = [cmdline(p) for p in first.session() if "dashboard/dashboard.py" in cmdline(p)]
+        assert dashboards and all("--host=127.0.0.1" in c for c in dashboards), dashboards  # loopback only
+        first.wait_for("[first] finished", 180)
+        first.wait_for("[second] epoch 1/6", 180)
+    finally:
+        first.kill()  # SIGKILL: no handler runs, MLflow runs stay RUNNING, Tune's state is what it saved
+    before = [int(e) for e in re.findall(r"\[second\] epoch (\d)/6", first.text)]
+
+    again = Driver([*args[:1], args[1], "--resume", *args[2:]], short_dir, env)
+    code = again.finish(300)
+    out = again.text
+    assert code == 0, out[-5000:]
+    assert "[first]" not in out  # finished before the kill: not run again
+    resumed = re.search(r"\[second\] resumed from its epoch-(\d) checkpoint", out)
+    assert resumed, out[-5000:]
+    checkpoint = int(resumed.group(1))
+    assert checkpoint >= max(before) >= 1  # the last committed checkpoint, not the start
+    for epoch in range(1, 7):
+        assert (f"[second] epoch {epoch}/6" in out) == (epoch > checkpoint), out[-3000:]
+    experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("killed_driver-"))
+    with open(f"{short_dir}/results/{experiment}/results.csv") as fh:
+        rows = {r["trial"]: r for r in csv.DictReader(fh)}
+    assert {k: (r["status"], r["epochs"]) for k, r in rows.items()} == {"first": ("FINISHED", "2"),
+                                                                        "second": ("FINISHED", "6")}
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("killed_driver").experiment_id
+    runs = client.search_runs([experiment_id])
+    parents = [r for r in runs if r.data.tags.get("runner.kind") == "parent"]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("runner.kind") == "trial"}
+    assert len(parents) == 1 and len(runs) == 3  # the first attempt's runs were reused, not duplicated
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for name, epochs in (("first", 2), ("second", 6)):
+        history = client.get_metric_history(children[name].info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(1, epochs + 1))

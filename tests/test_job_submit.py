@@ -173,6 +173,7 @@ def ray_cli(head: RayHead, *args: str, timeout_s: float = 60, **extra_env: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_job_submit_runs_smoke_spec_and_tracks_it(tmp_path):
     import mlflow  # only the result check needs it, after the job

@@ -37,3 +37,19 @@ def test_fractional_gpus_pack_trials_onto_one_gpu():
     with pytest.raises(ResourceError, match="1 workers x 0.5 GPU = 0.5 GPU"):
         plan_concurrency([half], {"CPU": 16.0})
     assert plan_concurrency([need(1, 4, 1, 1)] * 8, {"CPU": 64.0, "GPU": 8.0}) == 2
+
+
+def test_autoscaling_capacity_counts_what_the_autoscaler_may_add():
+    from runner.resources import autoscaling_capacity, larger_of
+
+    launcher = {"max_workers": 5, "head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 8, "GPU": 0}, "max_workers": 0},
+        "gpu1": {"resources": {"CPU": 8, "GPU": 1}, "min_workers": 0, "max_workers": 4},
+        "gpu4": {"resources": {"CPU": 48, "GPU": 4}, "min_workers": 0, "max_workers": 2}}}
+    capacity = autoscaling_capacity(launcher)
+    # cluster-wide max_workers 5: the two 4-GPU nodes first, then three 1-GPU nodes
+    assert capacity == {"CPU": 8 + 2 * 48 + 3 * 8, "GPU": 2 * 4 + 3 * 1}
+    gpu_trial = need(1, 1, 4, 1.0)
+    with pytest.raises(ResourceError):
+        plan_concurrency([gpu_trial], {"CPU": 8.0, "GPU": 0.0})  # head only: refused without the config
+    assert plan_concurrency([gpu_trial] * 20, larger_of({"CPU": 8.0}, capacity)) == 11
