@@ -8,7 +8,8 @@ batched and PIL measurements interleaved, medians printed:
   rot+jitter: the same plus rotation (15 deg) and ColorJitter(0.2, 0.2, 0.2)
 PIL side: torchvision transforms per image in a DataLoader with `--workers` processes (each worker
 runs torch with 1 thread, DataLoader's default). Batched side: `runner.augment.Augment` on whole
-batches in this process with `torch.set_num_threads(--workers)`, so both sides use the same cores.
+batches in this process with `torch.set_num_threads(--workers)`, so both sides use the same cores
+(OMP_WAIT_POLICY=PASSIVE unless set: see below the docstring).
 Both sides include picking the shuffled images out of the data set. CPU only.
 
 Allocator: by default glibc is told to keep freed heap memory for reuse (`mallopt`, before the
@@ -21,19 +22,25 @@ Run: .venv/bin/python bench/augment.py [--data DIR] [--workers N] [--batch 512] 
                                        [--default-malloc] [--quick]
 """
 
-import argparse
-import ctypes
 import os
-import statistics
-import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from torchvision import transforms as T
+# Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. With other work on the
+# machine, threads spinning at each op's barrier for a descheduled peer cut the batched side ~9x
+# (8k vs 70k images/s, 2 threads, load average 5 on 2 cores).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from runner.augment import Augment  # noqa: E402
@@ -137,8 +144,9 @@ def main() -> None:
     mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).tolist()
     torch.set_num_threads(a.workers)  # the batched side gets as many cores as the PIL side has workers
     print(f"{len(images)} images from {source}; batch {a.batch}; {a.workers} DataLoader workers / "
-          f"{torch.get_num_threads()} torch threads; malloc: {malloc}; torch {torch.__version__}; "
-          f"{a.repeats} x {a.seconds:g} s per figure; load average {os.getloadavg()[0]:.1f} (other work skews both)")
+          f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
+          f"malloc: {malloc}; torch {torch.__version__}; {a.repeats} x {a.seconds:g} s per figure; "
+          f"load average {os.getloadavg()[0]:.1f} (other work skews both sides)")
 
     ratios = []
     for name, cfg in (("crop+flip+cutout", BASE), ("crop+flip+cutout+rotate+jitter", ROT_JITTER)):

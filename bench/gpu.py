@@ -127,7 +127,9 @@ def bench_models(a: argparse.Namespace, images: torch.Tensor) -> None:
             kwargs = TINY[name] | ({"stem": kwargs["stem"]} if "stem" in kwargs else {})
             label = f"{label.split(' (')[0]} as {name} {kwargs}"
         rates = {}
-        for compile_ in (False, True) if not a.no_compile else (False,):
+        # --quick compiles one model only: the compile path runs, without four CPU compiles (~4 s each).
+        compiles = (False,) if a.no_compile or (a.quick and name != "wrn_std") else (False, True)
+        for compile_ in compiles:
             cfg = config(a, name, kwargs, compile_=compile_, batch=a.batch)
             run = make_run(cfg, a.device, mean, std, a.compile_backend)
             x = run.augment(images[:a.batch].to(a.device), torch.Generator(device=a.device).manual_seed(0))
@@ -147,7 +149,7 @@ def bench_models(a: argparse.Namespace, images: torch.Tensor) -> None:
 
 def bench_loader(a: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> float:
     name, kwargs = "wrn_std", TINY["wrn_std"] if a.quick else WRN
-    compile_ = not a.no_compile
+    compile_ = not a.no_compile and not a.quick  # --quick: the models section already runs a compiled model
     cfg = config(a, name, kwargs, compile_=compile_, batch=a.batch)
     images_d, labels_d = train._to_device(data.Split(images, labels, []), a.device)
     mean, std = train._channel_stats(images_d)

@@ -153,7 +153,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     a = p.parse_args()
     if a.quick:
-        a.n, a.epochs, a.batch = 300, 3, 32
+        a.n, a.epochs, a.batch = 300, 2, 32
+        if not a.ray_env:  # short epochs: without this Ray's 2 s poll holds every report (see docs/benchmarks.md)
+            a.ray_env = ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2"]
     for item in a.ray_env:
         key, _, value = item.partition("=")
         os.environ[key] = value
@@ -168,7 +170,7 @@ def main() -> None:
     try:
         first = summarise("direct (1st)", run_direct(cfg, a.threads, os.path.join(work, "direct1")))
         started = time.time()
-        ray.init(num_cpus=a.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+        ray.init(num_cpus=a.num_cpus or os.cpu_count(), include_dashboard=not a.quick, dashboard_host="127.0.0.1",
                  logging_level="warning", configure_logging=True, log_to_driver=False,  # as runner run, quieter
                  _temp_dir=os.path.join(work, "ray"))
         print(f"ray.init {time.time() - started:.1f} s", flush=True)

@@ -180,7 +180,7 @@ def run_runner(spec_path: str, directory: str, num_cpus: float, env_extra: dict,
         with open(os.path.join(directory, "runner.stderr")) as fh:
             tail += "\n" + fh.read()[-3000:]
         raise RuntimeError(f"runner run exited {code}:\n{tail}")
-    return {"lines": lines, "process_s": ended - started, "logs": _train_logs(directory)}
+    return {"lines": lines, "process_s": ended - started, "started": started, "logs": _train_logs(directory)}
 
 
 def trial_timeline(lines: list[tuple[float, str]]) -> dict[str, dict]:
@@ -235,7 +235,7 @@ def _when(asctime: str) -> float:
     return datetime.strptime(asctime, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def summarise(name: str, result: dict, direct_per_slot: float) -> dict:
+def summarise(name: str, result: dict, direct_per_slot: float, verbose: bool = False) -> dict:
     lines = result["lines"]
     grid = next((float(m.group(1)) for _, t in lines if (m := re.search(r"grid wall time ([\d.]+) s", t))), None)
     trials = trial_timeline(lines)
@@ -243,6 +243,9 @@ def summarise(name: str, result: dict, direct_per_slot: float) -> dict:
                for n, t in trials.items() if t.get("started") and t["epochs"]}
     tails = {n: t["finished"] - t["epochs"][-1][0] for n, t in trials.items() if t.get("finished") and t["epochs"]}
     print(f"runner run [{name}]: grid wall time {grid} s; whole `runner run` process {result['process_s']:.1f} s")
+    if verbose:
+        for stamp, text in lines:
+            print(f"    +{stamp - result['started']:6.1f} s  {text}")
     print(f"  trial start latency (start -> first result, less its compute): "
           f"median {statistics.median(latency.values()):.1f} s, max {max(latency.values()):.1f} s "
           f"[{', '.join(f'{v:.1f}' for v in latency.values())}]")
@@ -289,11 +292,13 @@ def main() -> None:
     p.add_argument("--prototype", action="store_true",
                    help="also run the in-process-trial prototype (with the proposed cuts)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per runner run")
+    p.add_argument("--verbose", action="store_true", help="print the runner's output, timestamped")
     p.add_argument("--keep", action="store_true", help="keep the work dir (Ray logs, MLflow store) and print it")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     a = p.parse_args()
     if a.quick:
-        a.n, a.epochs, a.trials, a.batch = 200, 1, 2, 32
+        a.n, a.epochs, a.trials, a.batch = 200, 1, 1, 32
+        a.ray_env = a.ray_env or [f"{k}={v}" for k, v in PROPOSED_ENV.items()]  # the smoke test's time
     env = dict(item.partition("=")[::2] for item in a.ray_env)
 
     work = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's unix sockets need a short path
@@ -321,7 +326,7 @@ def main() -> None:
         for i, (name, run_env, reuse, in_process) in enumerate(runs):
             result = run_runner(spec_path, os.path.join(work, f"run{i}"), a.num_cpus, run_env, reuse, in_process,
                                 a.timeout)
-            figures.append((name, summarise(name, result, per_slot)))
+            figures.append((name, summarise(name, result, per_slot, a.verbose)))
     finally:
         if a.keep:
             print(f"work dir kept: {work}")

@@ -14,11 +14,14 @@ generated in memory (no files), with the same content `prepare` would write.
 from __future__ import annotations
 
 import csv
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
 
@@ -88,7 +91,8 @@ def prepare(
     tmp = None
     try:
         _make_parents(os.path.dirname(out), created)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+        _sweep_killed(out)
+        tmp = tempfile.mkdtemp(prefix=_temp_prefix(out, "tmp"), dir=os.path.dirname(out))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: Ray workers running as another user could not read it
         meta = _write(data, tmp)
         _swap_in(tmp, out, overwrite)
@@ -114,13 +118,60 @@ def _make_parents(parent: str, created: list[str]) -> None:
         created.append(d)
 
 
+def _temp_prefix(out: str, kind: str) -> str:
+    """`.OUT.tmp-<host>-<pid>-`: a later prepare can tell the leftovers of a killed one from live work."""
+    return f".{os.path.basename(out)}.{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _sweep_killed(out: str) -> None:
+    """Delete the temp folders a SIGKILLed prepare of `out` on this host left beside it (its pid is gone)."""
+    parent = os.path.dirname(out)
+    for kind in ("tmp", "old"):
+        prefix = _temp_prefix(out, kind).rsplit("-", 2)[0] + "-"  # without this process's pid
+        for name in os.listdir(parent):
+            pid = name[len(prefix):].split("-", 1)[0]
+            if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE), so a kill at any moment
+    leaves `b` holding the old data or the new, never neither. False where the OS or file system can't."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
 def _swap_in(tmp: str, out: str, overwrite: bool) -> None:
     if not os.path.lexists(out):
         os.rename(tmp, out)
         return
     if not overwrite:  # someone else created it while we were reading the source
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old data; a kill here leaves it to `_sweep_killed`
+        return
+    # two renames: a kill between them leaves OUT missing (the old data waits in .OUT.old-*/data)
+    old = tempfile.mkdtemp(prefix=_temp_prefix(out, "old"), dir=os.path.dirname(out))
     os.rename(out, os.path.join(old, "data"))
     try:
         os.rename(tmp, out)

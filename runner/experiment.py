@@ -53,15 +53,19 @@ def _preflight(loaded: spec.Spec) -> None:
     _probe_ray_address()
     metas = {}
     for trial in loaded.trials:
+        where = f"{loaded.path}: row {trial.name!r}"
         path = trial.config["data"]["path"]
         if path not in metas:
-            metas[path] = data.read_meta(path)
+            try:
+                metas[path] = data.read_meta(path)
+            except data.DataError as err:
+                raise data.DataError(f"{where}: field data.path: {err}") from err
         classes, _ = num_classes(trial.config)
         try:
             budget.enforce(trial.config["model"], classes, trial.config["budget"])
         except budget.BudgetError as err:
-            raise budget.BudgetError(f"{loaded.path}: row {trial.name!r}: field model: {err}; set "
-                                     "budget.mode: flag to train it anyway (it will never be registered)") from err
+            fix = "" if "budget.mode: flag" in str(err) else "; set budget.mode: flag to train it anyway"
+            raise budget.BudgetError(f"{where}: field model: {err}{fix} (it will never be registered)") from err
 
 
 def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tracker, *,
@@ -160,6 +164,9 @@ def _experiment_name(spec_name: str, storage: str, resume: str | None) -> str:
     if resume is None:
         return f"{spec_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume != "latest":
+        if "://" not in storage and not os.path.isdir(os.path.join(storage, resume)):
+            raise spec.SpecError("--resume", f"no experiment {resume!r} under {storage}; name one of its folders "
+                                             "(or pass the --storage it ran with)")
         return resume
     if "://" in storage:
         raise spec.SpecError("--resume", "name the experiment to resume when storage is remote "
@@ -167,7 +174,8 @@ def _experiment_name(spec_name: str, storage: str, resume: str | None) -> str:
     candidates = sorted(d for d in os.listdir(storage) if d.startswith(f"{spec_name}-")) \
         if os.path.isdir(storage) else []
     if not candidates:
-        raise spec.SpecError("--resume", f"no earlier run of {spec_name!r} under {storage}")
+        raise spec.SpecError("--resume", f"no earlier run of {spec_name!r} under {storage}; run it without "
+                                         "--resume, or pass the --storage it ran with")
     return candidates[-1]
 
 

@@ -223,7 +223,8 @@ def _kaggle_test(root: str, size: int, resize: bool) -> tuple[SplitArrays | None
         extra = [p for k, p in files.items() if k not in key_set]
         if no_file or extra:
             raise DataError(f"test ids do not match {sub_path}: {len(no_file)} id(s) have no image in {test_dir} "
-                            f"[{_listing(no_file)}]; {len(extra)} image(s) are not in the csv [{_listing(extra)}]")
+                            f"[{_listing(no_file)}]; {len(extra)} image(s) are not in the csv [{_listing(extra)}]; "
+                            "the csv must list every test image once, by file name without extension")
     paths = [files[_strip_ext(i)] for i in ids]
     images = _decode_all(paths, paths, size, resize)
     return SplitArrays(images, np.full(len(ids), -1, dtype=np.int64), ids), test_ids

@@ -52,7 +52,8 @@ def load_spec(path: str, overrides: Iterable[str] = ()) -> Spec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError(path, f"YAML syntax error: {err}") from err
+        raise SpecError(path, f"YAML syntax error: {_yaml_problem(err)}; fix the YAML there (`runner check "
+                              f"{path}` checks it without running anything)") from err
     if not isinstance(raw, dict):
         raise SpecError(path, "a spec is a mapping with at least `name:` and `base:`")
     unknown = set(raw) - SPEC_KEYS
@@ -70,6 +71,18 @@ def load_spec(path: str, overrides: Iterable[str] = ()) -> Spec:
     trials = resolve(raw, path, cli)
     return Spec(name=name, path=path, sha256=hashlib.sha256(text).hexdigest(),
                 description=str(raw.get("description", "")), trials=trials)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, with 1-based line/column ("<byte string>" says nothing to a user)."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(err).split())
+    text = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None:
+        text += f" ({context} at line {start.line + 1})"
+    return text
 
 
 def parse_override(item: str, file: str = "--set") -> tuple[str, Any]:
@@ -102,7 +115,12 @@ def resolve(raw: dict, file: str, cli: dict | None = None) -> list[Trial]:
             seen.add(name)
             flat = {**_base_for(base_flat, {**row_flat, **grid_part, **(cli or {})}),
                     **row_flat, **grid_part, **(cli or {})}
-            config = validate(unflatten(flat, file, name), file, row=name)
+            try:
+                config = validate(unflatten(flat, file, name), file, row=name)
+            except SpecError as err:  # a bad value typed on the command line: say so, not only the file
+                if cli and err.field in cli:
+                    err.args = (f"{err} (from the command line: --set {err.field}={cli[err.field]})",)
+                raise
             varied = {**row_flat, **grid_part}
             reported = row_reported or _match_reported(reported_table, config)
             trials.append(Trial(name=name, config=config, reported=reported, overrides=varied))

@@ -80,7 +80,9 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=probe_timeout_s):
+            # without user:password@ (urllib would take it for part of the host; reachability needs no login)
+            probe = re.sub(r"(?<=://)[^/@]+@", "", uri).rstrip("/") + "/health"
+            with urllib.request.urlopen(probe, timeout=probe_timeout_s):
                 pass
         except urllib.error.HTTPError:
             pass  # it answered (e.g. 401 behind auth): reachable

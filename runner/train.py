@@ -276,8 +276,9 @@ def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean/std in [0, 1] units over the whole train split (all ranks' shards).
 
     Exact, from one 256-bin histogram per channel of the uint8 tensor already on the device (summed over
-    ranks): no float copy of the pixels, which for CIFAR-10 in float64 was 1.2 GB per temporary and ~6 s
-    on this 2-core CPU, on every worker."""
+    ranks): no float copy of the pixels. Float64 sums of CIFAR-10's 50k images took 2.3-3.6 s and 3.2 GB
+    peak RSS on the 2-core CPU, on every worker; the histograms take 0.3-0.4 s and ~1 GB (bench notes in
+    docs/benchmarks.md)."""
     channels = images.shape[-1]
     hist = torch.stack([torch.bincount(images[..., c].reshape(-1), minlength=256) for c in range(channels)])
     if dist.is_initialized():

@@ -1,7 +1,9 @@
 """The benchmarks still run: each bench script at `--quick` size on the CPU prints its ratio line last.
 
 Smoke tests only (the figures at these sizes mean nothing); docs/benchmarks.md holds the real ones.
-The two Ray benchmarks start a local Ray each (marked `ray`).
+The two Ray benchmarks start a local Ray each (marked `ray`); `tune_overhead.py --quick` runs `runner run`
+on a one-trial grid, whose fixed cost (ray.init with the dashboard, MLflow, one Ray Train trial, shutdown)
+is ~35-40 s of this module's ~100 s on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ def run_bench(script: str, *args: str, timeout: float) -> list[str]:
     return done.stdout.strip().splitlines()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_gpu_bench_runs_every_section_on_the_cpu():
-    lines = run_bench("gpu.py", timeout=110)
+    lines = run_bench("gpu.py", timeout=140)
     assert lines[-1].startswith("ratio training-core loader / pre-made batch")
     assert lines[-2].startswith("ratio 2 processes / 1 alone")
-    assert sum("compile speed-up" in line for line in lines) == 4  # both WRN layouts, both EfficientNet stems
+    for section in ("[profile]", "[loader]", "[models]", "[pack]"):
+        assert any(line.startswith(section) for line in lines), section
+    models = [line for line in lines if "ms/step; warmup" in line]
+    assert len(models) == 5 and sum(" compiled " in line for line in models) == 1  # 4 models eager, 1 compiled
 
 
 @pytest.mark.timeout(120)
@@ -39,16 +44,16 @@ def test_augment_bench_prints_both_ratios():
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_ray_overhead_bench_compares_steady_epochs():
-    lines = run_bench("ray_overhead.py", timeout=230)
+    lines = run_bench("ray_overhead.py", timeout=170)
     assert lines[-1].startswith("ratio Ray/direct (steady-state epoch time)")
     assert any(line.startswith("Ray Train: steady epoch") for line in lines)
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(240)
 def test_tune_overhead_bench_runs_the_runner_and_reports_start_latency():
-    lines = run_bench("tune_overhead.py", timeout=290)
+    lines = run_bench("tune_overhead.py", timeout=230)
     assert lines[-1].startswith("ratio runner grid / (direct sum / ")
     assert any("trial start latency" in line for line in lines)

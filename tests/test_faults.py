@@ -19,12 +19,15 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
 MB = 2**20
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -215,11 +218,11 @@ class Driver:
     def session(self) -> list[int]:
         """Every live process of this driver's session: itself, its Ray (GCS, raylet, workers, dashboard)."""
         pids = []
-        for entry in os.listdir("/proc"):
+        for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
                 with open(f"/proc/{entry}/stat") as fh:
                     fields = fh.read().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError, NotADirectoryError, IndexError):
+            except (OSError, IndexError):  # gone meanwhile
                 continue
             if fields[3] == str(self.proc.pid) and fields[0] != "Z":  # field 6 of stat: session id
                 pids.append(int(entry))
@@ -280,6 +283,7 @@ def test_killed_driver_resumes_the_grid_and_its_mlflow_runs(short_dir):
     assert resumed, out[-5000:]
     checkpoint = int(resumed.group(1))
     assert checkpoint >= max(before) >= 1  # the last committed checkpoint, not the start
+    print(f"\nkilled driver: second trial killed after epoch {max(before)}/6, resumed from epoch {checkpoint}")
     for epoch in range(1, 7):
         assert (f"[second] epoch {epoch}/6" in out) == (epoch > checkpoint), out[-3000:]
     experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("killed_driver-"))
@@ -298,3 +302,177 @@ def test_killed_driver_resumes_the_grid_and_its_mlflow_runs(short_dir):
     for name, epochs in (("first", 2), ("second", 6)):
         history = client.get_metric_history(children[name].info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, epochs + 1))
+
+
+# ---------------------------------------------------------------- 3. the tracking server down
+ONE_TRIAL = """
+name: {name}
+base:
+  data: {{path: "synthetic:1200", val_fraction: 0.25}}
+  model: {{name: wrn_std, depth: 10, width: 1}}
+  train: {{epochs: 6, batch_size: 32}}
+  scaling: {{workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.5}}
+runs:
+  - name: only
+"""
+
+
+def test_unreachable_mlflow_fails_fast_before_anything_starts(short_dir, monkeypatch, capsys):
+    from runner import cli
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # `connect` sets these: keep them to this test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = write_spec(short_dir, ONE_TRIAL.format(name="unreachable"))
+    started = time.monotonic()
+    code = cli.main(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "1", "--no-register"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - started < 10
+    assert f"runner: error: MLflow tracking server {uri} is unreachable" in err and "MLFLOW_TRACKING_URI" in err
+    assert not os.path.exists(f"{short_dir}/results")  # no trial started, nothing written
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_mlflow_outage_during_a_grid_loses_no_metric(mlflow_server, short_dir):  # noqa: ANN001 - conftest's server
+    from mlflow import MlflowClient
+
+    spec = write_spec(short_dir, ONE_TRIAL.format(name="outage_grid"))
+    env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": mlflow_server.uri, "RAY_TMPDIR": f"{short_dir}/t"}
+    env.pop("RAY_ADDRESS", None)
+    driver = Driver(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--no-register"],
+                    short_dir, env)
+    try:
+        driver.wait_for("[only] epoch 1/6", 180)
+        mlflow_server.stop()
+        try:
+            driver.wait_for("[only] epoch 3/6", 60)  # epochs 2 and 3 reported while the server is down
+        finally:
+            mlflow_server.start()
+        code = driver.finish(240)
+    finally:
+        driver.kill()
+    out = driver.text
+    assert code == 0, out[-5000:]
+    assert "unreachable" in out and "buffering writes" in out and "buffered writes delivered" in out
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment_id = client.get_experiment_by_name("outage_grid").experiment_id
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    child = next(r for r in runs if r.data.tags.get("runner.kind") == "trial")
+    for key in ("val_acc", "train_loss", "lr"):
+        assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4, 5, 6]
+    assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")} == {"checkpoint/state.pt"}
+
+
+# ---------------------------------------------------------------- 5. writers killed mid-write
+def _tmp_entries(parent: Path, out: str) -> list[str]:
+    return [n for n in os.listdir(parent) if n.startswith(f".{out}.")]
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"finished before it could be killed:\n{proc.communicate()[0][-2000:]}"
+        assert time.monotonic() < deadline, "never reached the moment to kill it"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(10)
+
+
+def _prepare(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner", "data", "prepare", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+
+
+def _writing(parent: Path, out: str) -> Callable[[], bool]:
+    """True once the temp folder of `out` holds a (partial) train.parquet."""
+    return lambda: any(os.path.exists(parent / n / "train.parquet") for n in _tmp_entries(parent, out))
+
+
+@pytest.mark.timeout(120)
+def test_prepare_killed_mid_write_leaves_no_out_or_the_old_data(tmp_path):
+    from runner import data
+
+    # A first prepare, SIGKILLed while writing its Parquet: no OUT at all, never a half-written one.
+    first = _prepare("synthetic:20000", "new", cwd=tmp_path)
+    _kill_when(first, _writing(tmp_path, "new"), 90)
+    assert not (tmp_path / "new").exists() and _tmp_entries(tmp_path, "new")  # only the hidden temp folder
+    data.prepare("synthetic:20", str(tmp_path / "new"))  # the next prepare sweeps the killed one's temp
+    assert _tmp_entries(tmp_path, "new") == [] and len(data.load_split(str(tmp_path / "new"), "train")) == 20
+
+    # --overwrite over an existing OUT, SIGKILLed mid-write: the old data set, intact and readable.
+    old_meta = (tmp_path / "new" / "meta.json").read_bytes()
+    again = _prepare("synthetic:20000", "new", "--overwrite", cwd=tmp_path)
+    _kill_when(again, _writing(tmp_path, "new"), 90)
+    assert (tmp_path / "new" / "meta.json").read_bytes() == old_meta
+    assert len(data.load_split(str(tmp_path / "new"), "train")) == 20  # sha256 in meta.json still matches
+    meta = data.read_meta(str(tmp_path / "new"))
+    for name, digest in meta.sha256.items():
+        assert data._sha256(str(tmp_path / "new" / name)) == digest
+
+
+WRITER = """
+import sys, torch
+from runner import report, train
+folder = sys.argv[1]
+for i in range(1, 10**6):
+    train.save_checkpoint({"epoch": i, "w": torch.full((500_000,), float(i))}, folder)
+    report.atomic_write_text(folder + "/report.md", f"{i}\\n" + "x" * 1_000_000 + f"\\n{i}\\n")
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_checkpoint_and_report_writers_killed_at_any_moment_leave_old_or_new(tmp_path):
+    import torch
+
+    from runner import train
+
+    for delay in (0.05, 0.3):  # two moments inside the write cycle
+        folder = tmp_path / f"k{delay}"
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert proc.stdout.readline().strip() == "1", proc.communicate()[0][-2000:]
+            proc.stdout.readline()  # a second full cycle, then kill mid-way through another
+            time.sleep(delay)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        state = train.load_checkpoint(str(folder))  # never a truncated file
+        assert torch.equal(state["w"], torch.full((500_000,), float(state["epoch"])))
+        lines = (folder / "report.md").read_text().split("\n")
+        assert lines[0] == lines[2] and len(lines[1]) == 1_000_000
+
+
+def test_submission_and_report_writes_leave_no_temp_file_on_failure(tmp_path, monkeypatch):
+    from runner import report, submit
+
+    target = tmp_path / "submission.csv"
+    submit.write_submission(target, ["a", "b"], [0, 1], ["cat", "dog"])
+    old = target.read_text()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        submit.write_submission(target, ["a", "b"], [1, 1], ["cat", "dog"])
+    with pytest.raises(OSError, match="No space"):
+        report.to_csv([{"trial": "a", "val_acc": 0.5}], tmp_path / "results.csv")
+    with pytest.raises(OSError, match="No space"):
+        report.atomic_write_text(tmp_path / "report.md", "# new\n")
+    assert target.read_text() == old  # the old file, untouched
+    assert sorted(os.listdir(tmp_path)) == ["submission.csv"]  # and no temp file beside it
+    monkeypatch.undo()
+    # ids that do not match refuse before anything is opened
+    with pytest.raises(submit.SubmissionError, match="ids do not match"):
+        submit.write_submission(tmp_path / "other.csv", ["a", "b"], [0, 1], ["cat", "dog"], order=["a", "c"])
+    assert sorted(os.listdir(tmp_path)) == ["submission.csv"]
