@@ -127,7 +127,7 @@ def _probe_ray_address(timeout_s: float = 5.0) -> None:
     for minutes against a dead address (no answer after 200 s, Ray 2.60), which looks like a hang."""
     address = os.environ.get("RAY_ADDRESS", "")
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or "://" in host or not port.isdigit():
         return  # "auto", "local", or a form Ray itself will explain
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
@@ -151,6 +151,10 @@ def _start_ray(num_cpus: float | None) -> None:
                 f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is unreachable ({type(err).__name__}: {err}); start the "
                 "cluster (`ray up cluster.yaml` / `ray start --head`) or unset RAY_ADDRESS for a local Ray") from err
         return
+    # A local Ray has no spot nodes to watch and nobody scraping Train's metrics: both cost a process
+    # and start-up time per trial (bench/tune_overhead.py). Clusters keep Ray's defaults.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
              configure_logging=True, logging_level="warning")
 

@@ -3,7 +3,7 @@
 Smoke tests only (the figures at these sizes mean nothing); docs/benchmarks.md holds the real ones.
 The two Ray benchmarks start a local Ray each (marked `ray`); `tune_overhead.py --quick` runs `runner run`
 on a one-trial grid, whose fixed cost (ray.init with the dashboard, MLflow, one Ray Train trial, shutdown)
-is ~35-40 s of this module's ~100 s on 2 shared cores.
+is ~35-40 s of this module's ~90 s (up to ~110 s under load) on 2 shared cores.
 """
 
 from __future__ import annotations
