@@ -93,7 +93,7 @@ class Watch:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir):
+def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeypatch):
     import ray
     from mlflow import MlflowClient
     from ray.cluster_utils import Cluster
@@ -101,8 +101,11 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir):
     from runner import callbacks, spec, tracking, tune
 
     os.environ.update(ENV)
-    # The head's one CPU holds the trial driver; each 1-CPU worker node holds one DDP rank.
+    # The head's one CPU holds the trial driver, pinned there as on the real cluster (a lost driver is a
+    # lost trial); each 1-CPU worker node holds one DDP rank.
+    monkeypatch.setenv(tune.TRIAL_RESOURCE_ENV, "trial_driver")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
+                                                            "resources": {"trial_driver": 1},
                                                             "object_store_memory": 100 * MB})
     workers = [cluster.add_node(num_cpus=1, object_store_memory=100 * MB) for _ in range(2)]
     uri = f"sqlite:///{short_dir}/mlflow.db"
