@@ -318,6 +318,14 @@ def save_checkpoint(state: dict, directory: str) -> str:
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, "state.pt")
     temp = final + ".tmp"
-    torch.save(state, temp)
-    os.replace(temp, final)
+    try:
+        with open(temp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must not land before the bytes do
+        os.replace(temp, final)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
     return final

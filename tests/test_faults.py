@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,8 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def short_dir():
     """Ray's unix sockets need short paths (~107 bytes): not under pytest's tmp_path."""
-    with tempfile.TemporaryDirectory(prefix="rf-", dir="/tmp") as directory:
-        yield directory
+    directory = tempfile.mkdtemp(prefix="rf-", dir="/tmp")
+    yield directory
+    for _ in range(20):  # Ray processes on their way out may still write logs into it
+        shutil.rmtree(directory, ignore_errors=True)
+        if not os.path.exists(directory):
+            break
+        time.sleep(0.5)
 
 
 def write_spec(directory: str, text: str, name: str = "spec.yaml") -> str:
@@ -62,32 +68,30 @@ base:
 """
 
 
-class Watch:
+def watch_callback():  # noqa: ANN201 - a ray.tune.Callback, built here so importing this module skips ray
     """A Tune callback that records what the driver received (epoch, when, restart point) and tells the
     main thread when the first committed checkpoint is in (Train commits before forwarding to Tune)."""
+    import ray.tune
 
-    def __new__(cls):  # noqa: ANN204 - built lazily so importing this module does not import ray
-        import ray.tune
+    class Watch(ray.tune.Callback):
+        def __init__(self) -> None:
+            self.results: list[dict] = []
+            self.first_checkpoint = threading.Event()
 
-        class _Watch(ray.tune.Callback):
-            def __init__(self) -> None:
-                self.results: list[dict] = []
-                self.first_checkpoint = threading.Event()
+        def __getstate__(self) -> dict:  # Tune pickles callbacks into tuner.pkl; an Event cannot be
+            return {"results": []}
 
-            def __getstate__(self) -> dict:  # Tune pickles callbacks into tuner.pkl; an Event cannot be
-                return {"results": []}
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+            if "epoch" not in result:
+                return
+            self.results.append({"at": time.monotonic(), "epoch": int(result["epoch"]),
+                                 "resumed_from": int(result["resumed_from"]),
+                                 "worker_nodes": int(result["worker_nodes"]),
+                                 "checkpoint_path": result.get("checkpoint_path")})
+            if result.get("checkpoint_path"):
+                self.first_checkpoint.set()
 
-            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
-                if "epoch" not in result:
-                    return
-                self.results.append({"at": time.monotonic(), "epoch": int(result["epoch"]),
-                                     "resumed_from": int(result["resumed_from"]),
-                                     "worker_nodes": int(result["worker_nodes"]),
-                                     "checkpoint_path": result.get("checkpoint_path")})
-                if result.get("checkpoint_path"):
-                    self.first_checkpoint.set()
-
-        return _Watch()
+    return Watch()
 
 
 @pytest.mark.ray
@@ -100,7 +104,8 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
 
     from runner import callbacks, spec, tracking, tune
 
-    os.environ.update(ENV)
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
     # The head's one CPU holds the trial driver, pinned there as on the real cluster (a lost driver is a
     # lost trial); each 1-CPU worker node holds one DDP rank.
     monkeypatch.setenv(tune.TRIAL_RESOURCE_ENV, "trial_driver")
@@ -112,7 +117,7 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
     try:
         ray.init(address=cluster.address)
         trials = spec.load_spec(write_spec(short_dir, NODE_LOSS)).trials
-        watch = Watch()
+        watch = watch_callback()
         tracker = tracking.Tracker("node_loss", uri, staging_dir=short_dir)
         parent = tracker.start_parent(run_name="node-loss")
         bridge = callbacks.Tracking(tracker, {}, {}, f"{short_dir}/results")
