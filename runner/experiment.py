@@ -155,7 +155,8 @@ def _start_ray(num_cpus: float | None) -> None:
     # and start-up time per trial (bench/tune_overhead.py). Clusters keep Ray's defaults.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+    # address="local": never attach to a cluster some `ray start` left recorded in /tmp/ray.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
              configure_logging=True, logging_level="warning")
 
 
