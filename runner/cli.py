@@ -23,6 +23,8 @@ EXIT_USAGE = 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # MLflow's artifact progress bars are carriage-return noise in `ray job logs` and CI output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
