@@ -7,7 +7,6 @@ for `runner run`, `registry.py`, `submit.py`, `report.py`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import models
@@ -101,9 +100,6 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     for line in (header, tuple("-" * w for w in widths), *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
-
-def env_path(name: str, default: str) -> str:
-    return os.path.abspath(os.environ.get(name) or default)
 
 
 def register(spec_name: str | None, *, run_id: str | None, metric: str, name: str, alias: str) -> int:

@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from runner import tracking
+from runner.train import load_checkpoint
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "timm"]  # given, so MLflow skips its slow inference (6-16 s)
 IMAGE_SIZE = 32  # the project's inputs; checkpoints do not record the image shape
@@ -143,7 +144,7 @@ def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str
         except Exception as exc:
             raise RegistryError(f"run {run_id} ({run.info.run_name}) has no {tracking.CHECKPOINT_ARTIFACT} "
                                 f"artifact to build the model from: {exc}") from exc
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint
+        state = load_checkpoint(path)
     if state.get("within_budget") is False:
         raise RegistryError(f"run {run_id}: its checkpoint is over the parameter budget "
                             f"({state.get('params')} params); over-budget trials are never registered")
@@ -214,7 +215,7 @@ def _from_run_checkpoint(client: MlflowClient, run_id: str, device: str | torch.
             path = client.download_artifacts(run_id, tracking.CHECKPOINT_ARTIFACT, tmp)
         except Exception as exc:
             raise RegistryError(f"run {run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact: {exc}") from exc
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint
+        state = load_checkpoint(path)
     net = model_from_checkpoint(state).to(device)
     return net, list(state["classes"]), list(state["mean"]), list(state["std"]), run_id
 

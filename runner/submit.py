@@ -46,13 +46,14 @@ def load_for_inference(uri: str, device: str | torch.device = "cpu"
         model, classes, mean, std, _ = registry.load_model(uri, device)
     else:
         from runner.registry import model_from_checkpoint
+        from runner.train import load_checkpoint
 
         path = Path(uri)
         file = path / "state.pt" if path.is_dir() else path
         if not file.is_file():
             raise SubmissionError(f"--model {uri}: no such checkpoint (want state.pt or its folder, "
                                   "models:/NAME@alias, or runs:/RUN_ID)")
-        state = torch.load(file, map_location="cpu", weights_only=False)  # our own checkpoint
+        state = load_checkpoint(str(file))
         model = model_from_checkpoint(state).to(device)
         classes, mean, std = list(state["classes"]), list(state["mean"]), list(state["std"])
     _eval_mode(model)

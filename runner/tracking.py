@@ -528,10 +528,9 @@ def _checkpoint_file(path: str | os.PathLike) -> Path:
 
 
 def _load_checkpoint(path: str | os.PathLike) -> dict:
-    import torch  # lazy: the driver has torch anyway, but `runner mlflow reconcile` need not pay for it
+    from runner.train import load_checkpoint  # lazy: `runner mlflow reconcile` need not import torch
 
-    # weights_only=False: our own checkpoint (config dicts, optimizer state), not an untrusted download
-    return torch.load(_checkpoint_file(path), map_location="cpu", weights_only=False)
+    return load_checkpoint(str(_checkpoint_file(path)))
 
 
 def _best_epoch(history: Mapping[int, Mapping[str, float]]) -> int | None:

@@ -94,7 +94,6 @@ def test_every_optimizer_builds_and_steps(name):
     assert not torch.equal(before, net.weight)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
 def lrs(schedule_overrides: dict, epochs: int, base_lr: float = 1.0, accs=None) -> list[float]:
     cfg = spec.trial_config({**{f"schedule.{k}": v for k, v in schedule_overrides.items()},
                              "optimizer.lr": base_lr, "train.epochs": epochs})
