@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from runner.augment import Augment  # noqa: E402
+from runner.core.augment import Augment  # noqa: E402
 
 CUTOUT = 16
 BASE = {"crop_padding": 4, "hflip": True, "vflip": False, "rotate_deg": 0.0,

@@ -39,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import torch  # noqa: E402
 
-from runner import data, spec, train  # noqa: E402  (runner.data and runner.train import no Ray/MLflow)
-from runner.augment import Augment  # noqa: E402
-from runner.optim import build_optimizer  # noqa: E402
-from runner.schedule import EpochSchedule  # noqa: E402
+from runner import data, spec  # noqa: E402
+from runner.core import train  # noqa: E402  (runner.data and runner.train import no Ray/MLflow)
+from runner.core.augment import Augment  # noqa: E402
+from runner.core.optim import build_optimizer  # noqa: E402
+from runner.core.schedule import EpochSchedule  # noqa: E402
 
 NUM_CLASSES = 10
 WRN = {"depth": 16, "width": 4}

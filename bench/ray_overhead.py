@@ -35,7 +35,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local throwaway cluster:
 
 import torch  # noqa: E402
 
-from runner import data, spec, train  # noqa: E402
+from runner import data, spec  # noqa: E402
+from runner.core import checkpoint, train  # noqa: E402
 
 
 def trial_config(a: argparse.Namespace) -> dict:
@@ -60,7 +61,7 @@ def run_direct(cfg: dict, threads: int, directory: str) -> dict:
     stamps: list[tuple[float, float]] = []
 
     def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.train.Reporter
-        train.save_checkpoint(state(), directory)
+        checkpoint.save(state(), directory)
         stamps.append((time.time(), metrics["epoch_s"]))
 
     train.fit(cfg, train_split, val_split, meta.classes, report, device=torch.device("cpu"))
@@ -75,7 +76,7 @@ def _ray_worker(loop_config: dict) -> None:
     import ray.train
     import torch as worker_torch
 
-    from runner import tune
+    from runner.tune import trial as tune
 
     worker_torch.set_num_threads(loop_config["threads"])
     stamps, real_report = [], ray.train.report

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-from runner import data, resources, spec, train  # noqa: E402
+from runner import data, resources, spec  # noqa: E402
+from runner.core import checkpoint, train  # noqa: E402
 
 # The start-up cuts measured in docs/benchmarks.md: Ray Train's controller polls its workers every 2 s by
 # default (a report waits up to one poll to leave a worker, the end of training up to two); the preemption
@@ -80,7 +81,7 @@ ray.tune.TuneConfig = functools.partial(ray.tune.TuneConfig, reuse_actors=True)
 IN_PROCESS = """\
 import tempfile
 import ray.tune
-from runner import tune as runner_tune
+from runner.tune import trial as runner_tune
 
 _through_ray_train = runner_tune.trial_driver
 
@@ -90,18 +91,19 @@ def trial_driver(config):
     if cfg["scaling"]["workers"] != 1 or cfg["scaling"]["gpus_per_worker"]:
         return _through_ray_train(config)
     import torch
-    from runner import data, train
+    from runner import data
+    from runner.core import checkpoint, train
     meta = data.read_meta(cfg["data"]["path"])
     train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
                                                    val_fraction=cfg["data"]["val_fraction"], seed=cfg["train"]["seed"])
     resume = None
     if (checkpoint := ray.tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
-            resume = train.load_checkpoint(directory)
+            resume = checkpoint.load(directory)
 
     def report(metrics, state):
         with tempfile.TemporaryDirectory() as directory:
-            train.save_checkpoint(state(), directory)
+            checkpoint.save(state(), directory)
             ray.tune.report({**metrics, "worker_nodes": 1}, checkpoint=ray.tune.Checkpoint.from_directory(directory))
 
     train.fit(cfg, train_split, val_split, meta.classes, report, device=torch.device("cpu"), resume=resume)
@@ -139,7 +141,7 @@ def run_direct(trials: list[spec.Trial], threads: int, directory: str) -> list[f
                                                        seed=cfg["train"]["seed"])
         out = os.path.join(directory, trial.name)
         train.fit(cfg, train_split, val_split, meta.classes,
-                  lambda metrics, state, out=out: train.save_checkpoint(state(), out), device=torch.device("cpu"))
+                  lambda metrics, state, out=out: checkpoint.save(state(), out), device=torch.device("cpu"))
         seconds.append(time.perf_counter() - started)
         print(f"  direct {trial.name}: {seconds[-1]:.1f} s", flush=True)
     return seconds

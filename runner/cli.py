@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2
 
@@ -155,9 +155,20 @@ def _number(text: str) -> int | float:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from runner.commands import show_models
+    import models
+    from runner import report
+    from runner.core import budget
 
-    return show_models(args.classes, args.max_params)
+    rows = []
+    for label, model_cfg in models.presets():
+        verdict = budget.check(model_cfg, args.classes, args.max_params)
+        note = "within cap" if verdict.within else "OVER cap"
+        if not verdict.within and verdict.suggestion:
+            note += f"; nearest under: {verdict.suggestion}"
+        rows.append((label, f"{verdict.params:,}", note))
+    print(f"parameter counts at {args.classes} classes, cap {args.max_params:,}")
+    print(report.text_table(("model", "params", "verdict"), rows), end="")
+    return 0
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
@@ -170,25 +181,65 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from runner.commands import train_once
+    """`runner train`: one trial in this process, printing each epoch; no Ray, no MLflow."""
+    from runner import data, report, spec
+    from runner.core import checkpoint, train
 
-    overrides = {"data.path": _absolute_if_local(args.data), "model.name": args.model}
+    flat = {"data.path": _absolute_if_local(args.data), "model.name": args.model}
     for key, value in (("model.depth", args.depth), ("model.width", args.width), ("train.epochs", args.epochs),
                        ("train.batch_size", args.batch_size), ("optimizer.lr", args.lr),
                        ("optimizer.name", args.optimizer)):
         if value is not None:
-            overrides[key] = value
-    return train_once(overrides, args.set, out=args.out, resume=args.resume)
+            flat[key] = value
+    flat.update(spec.parse_override(item) for item in args.set)
+    cfg = spec.trial_config(flat)
+    path, epochs = cfg["data"]["path"], cfg["train"]["epochs"]
+    meta = data.read_meta(path)
+    train_split, val_split = data.load_train_shard(path, rank=0, world=1, val_fraction=cfg["data"]["val_fraction"],
+                                                   seed=cfg["train"]["seed"])
+    resume = checkpoint.load(args.resume) if args.resume else None
+    print(f"training {cfg['model']} on {path}: {len(train_split)} train, {len(val_split)} val images, {epochs} epochs")
+
+    def report_epoch(metrics: dict, state: Callable[[], dict]) -> None:
+        print(report.format_epoch(metrics, epochs), flush=True)
+        if args.out:
+            checkpoint.save(state(), args.out)
+
+    result = train.fit(cfg, train_split, val_split, meta.classes, report_epoch, resume=resume)
+    note = "" if result.within_budget else " (OVER the parameter cap: flagged, never registered)"
+    print(f"done: best val_acc {result.best_val_acc:.4f}, {result.params:,} parameters{note}")
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from runner.commands import check_specs
+    """`runner check`: validate, resolve and print each spec's trials with real parameter counts."""
+    from runner import data, report, spec
+    from runner.core import budget
 
-    return check_specs(args.specs, spec_overrides(args))
+    for path in args.specs:
+        loaded = spec.load_spec(path, spec_overrides(args))
+        print(f"\n{path}: spec {loaded.name!r}, {len(loaded.trials)} trial(s)")
+        rows = []
+        for trial in loaded.trials:
+            cfg = trial.config
+            classes, source = data.class_count(cfg["data"])
+            verdict = budget.check(cfg["model"], classes, cfg["budget"]["max_params"])
+            within = "yes" if verdict.within else f"NO ({cfg['budget']['mode']})"
+            if not verdict.within and cfg["budget"]["mode"] == "enforce":
+                raise budget.BudgetError(f"{path}: row {trial.name!r}: field model: {verdict.message()}; "
+                                         "set budget.mode: flag to train it anyway (never registered)")
+            model = " ".join(f"{k}={v}" for k, v in cfg["model"].items())
+            s = cfg["scaling"]
+            rows.append((trial.name, model, f"{verdict.params:,}", f"{classes}{source}", within,
+                         f"{s['workers']}x(cpu {s['cpus_per_worker']:g}, gpu {s['gpus_per_worker']:g})",
+                         str(cfg["train"]["epochs"])))
+        print(report.text_table(("trial", "model", "params", "classes", "in budget", "workers", "epochs"), rows),
+              end="")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from runner.experiment import run_spec
+    from runner.tune.experiment import run_spec
 
     return run_spec(args.spec, spec_overrides(args), max_concurrent=args.max_concurrent, scheduler=args.scheduler,
                     storage=args.storage, resume=args.resume, num_cpus=args.num_cpus,
@@ -196,33 +247,54 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from runner.commands import register
+    """The best in-budget trial of a spec's latest run (or one run) -> version + alias."""
+    from runner.tracking import registry
 
-    return register(args.spec_name, run_id=args.run_id, metric=args.metric, name=args.name, alias=args.alias)
+    if bool(args.spec_name) == bool(args.run_id):
+        raise ValueError("runner register: give a SPEC_NAME (its latest run's best trial) or --run-id, not both")
+    if args.run_id:
+        registry.register_run(args.run_id, metric=args.metric, name=args.name, alias=args.alias)
+    else:
+        registry.register_best(args.spec_name, metric=args.metric, name=args.name, alias=args.alias)
+    return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from runner.commands import submit
+    from runner import submission
 
-    return submit(args.model, args.data, args.out, tta=args.tta)
+    print(f"wrote {submission.make_submission(args.model, args.data, args.out, tta=args.tta)}")
+    return 0
 
 
 def _score(args: argparse.Namespace) -> int:
-    from runner.commands import score
+    from runner import submission
 
-    return score(args.submission, args.solution)
+    print(f"accuracy {submission.score(args.submission, args.solution):.4f}")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from runner.commands import report
+    """The spec's latest run from MLflow, the report's figures beside the replayed ones."""
+    from runner import files, report
+    from runner.tracking import queries
 
-    return report(args.spec_name, fmt=args.format, out=args.out)
+    table = report.results_table(queries.fetch_trial_rows(args.spec_name))
+    text = report.to_markdown(table) if args.format == "md" else report.to_csv_text(table)
+    if args.out:
+        files.atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from runner.commands import reconcile
+    """Runs left RUNNING by a killed driver are marked KILLED."""
+    from runner.tracking import queries
 
-    return reconcile(args.spec_name)
+    ended = queries.reconcile(args.spec_name)
+    print(f"marked {len(ended)} run(s) KILLED" + (f": {', '.join(ended)}" if ended else ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ logged, or from MLflow by `tracking.fetch_trial_rows`):
     reported: {train_acc: %, val_acc: %, kaggle: fraction}   (the spec's `reported:` figures)
 
 The report writes accuracies in percent and the Kaggle score as a fraction, so the comparison does too.
-Writes: `to_csv` (atomic: temp name, then rename) and the learning-curve / confusion-matrix PNGs
+Writes the learning-curve / confusion-matrix PNGs
 (matplotlib's Agg canvas directly, so no pyplot global state and no display is needed).
 """
 
@@ -20,7 +20,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,25 +123,20 @@ def to_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temp file beside `path`, fsync, then rename: a kill leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell, for a terminal (`runner models`, `runner check`)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines) + "\n"
 
 
-def to_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    return atomic_write_text(path, to_csv_text(rows))
+def format_epoch(metrics: Mapping[str, Any], epochs: int) -> str:
+    """One progress line per epoch, the same from `runner train` and from a Tune trial."""
+    return (f"epoch {metrics['epoch']}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
+            f"train_acc {metrics['train_acc']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+            f"val_acc {metrics['val_acc']:.4f}  lr {metrics['lr']:.4g}  "
+            f"{metrics['images_per_s']:.0f} img/s  {metrics['epoch_s']:.1f} s")
 
 
 def _canvas(width: float, height: float) -> tuple[Any, Any]:

@@ -2,6 +2,7 @@
 that keeps every test away from the developer's ./mlruns and from Ray's usage-stats prompt."""
 
 import os as _os
+import shutil as _shutil
 import signal as _signal
 import socket as _socket
 import subprocess as _subprocess
@@ -79,3 +80,17 @@ def mlflow_server(tmp_path_factory: _pytest.TempPathFactory) -> _Iterator[Mlflow
 def tracking_uri(tmp_path: _Path) -> str:
     """A fresh sqlite tracking store (artifacts land beside it, in tmp_path/artifacts)."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@_pytest.fixture
+def short_dir() -> _Iterator[str]:
+    """Ray's unix sockets need short paths (~107 bytes): a folder under /tmp, not pytest's tmp_path."""
+    # ray.cluster_utils records the head's address in /tmp/ray even when given another temp dir.
+    _os.makedirs("/tmp/ray", exist_ok=True)
+    directory = _tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    yield directory
+    for _ in range(20):  # Ray processes on their way out may still write logs into it
+        _shutil.rmtree(directory, ignore_errors=True)
+        if not _os.path.exists(directory):
+            break
+        _time.sleep(0.5)

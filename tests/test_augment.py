@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from runner import augment as A
+from runner.core import augment as A
 
 OFF = {"crop_padding": 0, "hflip": False, "vflip": False, "rotate_deg": 0.0,
        "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "cutout": 0}

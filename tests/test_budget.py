@@ -6,7 +6,7 @@ Run: .venv/bin/pytest tests/test_budget.py
 import pytest
 
 from models import ModelConfigError
-from runner import budget
+from runner.core import budget
 
 CAP = 5_000_000
 ENFORCE = {"max_params": CAP, "mode": "enforce"}

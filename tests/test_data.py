@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from runner import data, sources
-from runner.data import DataError
+from runner import data
+from runner.data import DataError, synthetic
 
 CLASSES = ("cat", "dog", "frog")
 
@@ -183,7 +183,7 @@ def test_existing_out_overwrite_and_failed_write(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_write_parquet", boom)
+    monkeypatch.setattr(data.format, "_write_parquet", boom)
     with pytest.raises(OSError, match="disk full"):
         data.prepare("synthetic:50", str(out), overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # old one intact, no temp dir
@@ -197,9 +197,9 @@ def test_existing_out_overwrite_and_failed_write(tmp_path, monkeypatch):
 
 def test_synthetic_deterministic_fast_balanced(tmp_path):
     start = time.process_time()
-    a = sources.synthetic(5000)
+    a = synthetic.synthetic(5000)
     assert time.process_time() - start < 1.0  # ~0.2 s CPU on a 2-core box
-    b = sources.synthetic(5000)
+    b = synthetic.synthetic(5000)
     assert a.train.images.tobytes() == b.train.images.tobytes()
     assert a.test.images.tobytes() == b.test.images.tobytes() and a.train.ids == b.train.ids
     assert np.bincount(a.train.labels).tolist() == [500] * 10 and len(a.test.ids) == 1000
@@ -229,7 +229,7 @@ def test_stratified_split():
 
 @pytest.mark.parametrize("where", ["disk", "memory"])
 def test_load_train_shard_world2(tmp_path, monkeypatch, where):
-    monkeypatch.setattr(data, "ROW_GROUP_SIZE", 16)  # many row groups, so a shard can skip some
+    monkeypatch.setattr(data.format, "ROW_GROUP_SIZE", 16)  # many row groups, so a shard can skip some
     path = "synthetic:300"
     if where == "disk":
         data.prepare(path, str(tmp_path / "ds"))

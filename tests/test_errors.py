@@ -247,13 +247,13 @@ def test_docs_list_every_case_with_its_message() -> None:
 def test_what_the_project_starts_listens_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from runner import experiment
+    from runner.tune import cluster
 
     started = {}
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: started.update(kwargs))
-    experiment._start_ray(1)
+    cluster.start_ray(1)
     assert started["dashboard_host"] == "127.0.0.1"  # the Jobs API runs code: never on a public interface
     # (tests/test_faults.py checks the running dashboard's own command line during a real `runner run`)
     assert re.search(r"^ui:.*\n\t.*mlflow ui .*--host 127\.0\.0\.1", (ROOT / "Makefile").read_text(), re.MULTILINE)
@@ -266,7 +266,9 @@ def test_secrets_stay_out_of_mlflow_and_messages(tmp_path: Path, monkeypatch: py
 
     from mlflow import MlflowClient
 
-    from runner import callbacks, tracking
+    from runner.tracking import tracker as tracking
+    from runner.tracking.connection import TrackingError
+    from runner.tune import callbacks
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {"data": {"path": "synthetic:20", "api_key": "hunter2"}, "model": {"name": "wrn_std", "depth": 10},
@@ -286,6 +288,6 @@ def test_secrets_stay_out_of_mlflow_and_messages(tmp_path: Path, monkeypatch: py
     assert "synthetic:20" in resolved and not {"hunter2", "s3cret", "ann", "t0k3n"} & set(re.findall(r"\w+", resolved))
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with pytest.raises(tracking.TrackingError) as err:
+    with pytest.raises(TrackingError) as err:
         tracking.Tracker("secrets", f"http://ann:s3cret@127.0.0.1:{closed_port()}")
     assert "http://***@127.0.0.1" in str(err.value) and "s3cret" not in str(err.value)

@@ -11,12 +11,10 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -31,16 +29,6 @@ MB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def short_dir():
-    """Ray's unix sockets need short paths (~107 bytes): not under pytest's tmp_path."""
-    directory = tempfile.mkdtemp(prefix="rf-", dir="/tmp")
-    yield directory
-    for _ in range(20):  # Ray processes on their way out may still write logs into it
-        shutil.rmtree(directory, ignore_errors=True)
-        if not os.path.exists(directory):
-            break
-        time.sleep(0.5)
 
 
 def write_spec(directory: str, text: str, name: str = "spec.yaml") -> str:
@@ -102,7 +90,10 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
     from mlflow import MlflowClient
     from ray.cluster_utils import Cluster
 
-    from runner import callbacks, spec, tracking, tune
+    from runner import spec
+    from runner.tracking import tracker as tracking
+    from runner.tune import callbacks, tuner
+    from runner.tune import trial as tune
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
@@ -125,7 +116,7 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
 
         def grid() -> None:  # cluster.add_node/remove_node need the main thread: the grid runs here
             try:
-                outcome["grid"] = tune.run_tuner(trials, experiment="node-loss", storage=f"{short_dir}/results",
+                outcome["grid"] = tuner.run_tuner(trials, experiment="node-loss", storage=f"{short_dir}/results",
                                                  max_concurrent=1, scheduler=None, callbacks=[watch, bridge])
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 outcome["error"] = exc
@@ -423,16 +414,17 @@ def test_prepare_killed_mid_write_leaves_no_out_or_the_old_data(tmp_path):
     assert len(data.load_split(str(tmp_path / "new"), "train")) == 20  # sha256 in meta.json still matches
     meta = data.read_meta(str(tmp_path / "new"))
     for name, digest in meta.sha256.items():
-        assert data._sha256(str(tmp_path / "new" / name)) == digest
+        assert data.format._sha256(str(tmp_path / "new" / name)) == digest
 
 
 WRITER = """
 import sys, torch
-from runner import report, train
+from runner import files, report
+from runner.core import checkpoint, train
 folder = sys.argv[1]
 for i in range(1, 10**6):
-    train.save_checkpoint({"epoch": i, "w": torch.full((500_000,), float(i))}, folder)
-    report.atomic_write_text(folder + "/report.md", f"{i}\\n" + "x" * 1_000_000 + f"\\n{i}\\n")
+    checkpoint.save({"epoch": i, "w": torch.full((500_000,), float(i))}, folder)
+    files.atomic_write_text(folder + "/report.md", f"{i}\\n" + "x" * 1_000_000 + f"\\n{i}\\n")
     print(i, flush=True)
 """
 
@@ -441,7 +433,7 @@ for i in range(1, 10**6):
 def test_checkpoint_and_report_writers_killed_at_any_moment_leave_old_or_new(tmp_path):
     import torch
 
-    from runner import train
+    from runner.core import checkpoint
 
     for delay in (0.05, 0.3):  # two moments inside the write cycle
         folder = tmp_path / f"k{delay}"
@@ -454,14 +446,15 @@ def test_checkpoint_and_report_writers_killed_at_any_moment_leave_old_or_new(tmp
         finally:
             proc.kill()
             proc.wait(10)
-        state = train.load_checkpoint(str(folder))  # never a truncated file
+        state = checkpoint.load(str(folder))  # never a truncated file
         assert torch.equal(state["w"], torch.full((500_000,), float(state["epoch"])))
         lines = (folder / "report.md").read_text().split("\n")
         assert lines[0] == lines[2] and len(lines[1]) == 1_000_000
 
 
 def test_submission_and_report_writes_leave_no_temp_file_on_failure(tmp_path, monkeypatch):
-    from runner import report, submit
+    from runner import files, report
+    from runner import submission as submit
 
     target = tmp_path / "submission.csv"
     submit.write_submission(target, ["a", "b"], [0, 1], ["cat", "dog"])
@@ -474,9 +467,9 @@ def test_submission_and_report_writes_leave_no_temp_file_on_failure(tmp_path, mo
     with pytest.raises(OSError, match="No space"):
         submit.write_submission(target, ["a", "b"], [1, 1], ["cat", "dog"])
     with pytest.raises(OSError, match="No space"):
-        report.to_csv([{"trial": "a", "val_acc": 0.5}], tmp_path / "results.csv")
+        files.atomic_write_text(tmp_path / "results.csv", report.to_csv_text([{"trial": "a", "val_acc": 0.5}]))
     with pytest.raises(OSError, match="No space"):
-        report.atomic_write_text(tmp_path / "report.md", "# new\n")
+        files.atomic_write_text(tmp_path / "report.md", "# new\n")
     assert target.read_text() == old  # the old file, untouched
     assert sorted(os.listdir(tmp_path)) == ["submission.csv"]  # and no temp file beside it
     monkeypatch.undo()

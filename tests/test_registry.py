@@ -14,10 +14,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import models
-from runner import registry, submit
+from runner import submission as submit
 from runner.data import Split
-from runner.registry import RegistryError
-from runner.tracking import Tracker
+from runner.tracking import registry
+from runner.tracking.registry import RegistryError
+from runner.tracking.tracker import Tracker
 
 CLASSES = [f"c{i}" for i in range(10)]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import report
+from runner import files, report
 
 ROWS = [
     {"trial": "wrn-16-4", "status": "FINISHED", "model": "wrn", "params": 2748890, "within_budget": True,
@@ -37,7 +37,7 @@ def test_results_table_markdown_and_csv(tmp_path: Path) -> None:
     assert list(table[0]) == list(table[1])  # every row has every column
     md = report.to_markdown(table)
     assert md.splitlines()[0].startswith("| trial | model | model.depth | params |") and "b1\\|x" in md
-    out = report.to_csv(table, tmp_path / "results.csv")
+    out = files.atomic_write_text(tmp_path / "results.csv", report.to_csv_text(table))
     assert out.read_text().splitlines()[0].startswith("trial,model,model.depth,params")
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
 

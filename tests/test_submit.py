@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import models
-from runner import submit
+from runner import submission as submit
 from runner.data import Split
-from runner.submit import SubmissionError
+from runner.submission import SubmissionError
 
 
 def write(path: Path, rows: list[tuple[str, str]], header: str = "id,label") -> Path:

@@ -1,4 +1,4 @@
-"""runner/tracking.py against real MLflow stores: sqlite in tmp_path, and one real `mlflow server`."""
+"""runner/tracking (the MLflow ring) against real MLflow stores: sqlite in tmp_path, and one real `mlflow server`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import models
-from runner import tracking
-from runner.tracking import Tracker, TrackingError
+from runner.tracking import queries
+from runner.tracking.connection import TrackingError
+from runner.tracking.tracker import Tracker, install_signal_handlers
 
 CLASSES = [f"c{i}" for i in range(10)]
 
@@ -93,7 +94,7 @@ def test_parent_children_history_params_artifacts(tracking_uri: str, tmp_path: P
         files = {a.path for folder in ("config", "plots", "checkpoint") for a in client.list_artifacts(run_id, folder)}
         assert files == {"config/resolved.yaml", "plots/curves.png", "plots/confusion.png", "checkpoint/state.pt"}
 
-    rows = tracking.fetch_trial_rows("m1", tracking_uri)
+    rows = queries.fetch_trial_rows("m1", tracking_uri)
     assert [r["trial"] for r in rows] == ["row-0", "row-1"]
     assert rows[1]["reported"] == {"val_acc": "96.0", "kaggle": "0.9"} and rows[0]["epochs"] == 3
     assert rows[0]["varied"] == {"optimizer.lr": "0.1"} and rows[1]["params"] > 0
@@ -142,7 +143,7 @@ def test_refused_write_raises_at_once(tracking_uri: str) -> None:
     tracker.start_parent()
     run_id = tracker.start_trial("t0", "row-0", config(0.1))
     with pytest.raises(TrackingError, match="refused"):  # a param may not change value: a bug, not an outage
-        tracker._submit("param", lambda: tracker.client.log_param(run_id, "optimizer.lr", "0.5"))
+        tracker._queue.submit("param", lambda: tracker.client.log_param(run_id, "optimizer.lr", "0.5"))
     tracker.close()
 
 
@@ -156,9 +157,9 @@ def test_runs_never_left_running(tracking_uri: str, tmp_path: Path) -> None:
     orphan = Tracker("m1", tracking_uri, staging_dir=tmp_path)  # a driver that is SIGKILLed: never closed
     parent = orphan.start_parent()
     dead, alive = orphan.start_trial("t1", "row-1", config(0.1)), orphan.start_trial("t2", "row-2", config(0.2))
-    assert tracking.reconcile("m1", {"t2"}, tracking_uri) == [dead]
+    assert queries.reconcile("m1", {"t2"}, tracking_uri) == [dead]
     assert client.get_run(alive).info.status == "RUNNING" and client.get_run(parent).info.status == "RUNNING"
-    assert set(tracking.reconcile("m1", None, tracking_uri)) == {alive, parent}
+    assert set(queries.reconcile("m1", None, tracking_uri)) == {alive, parent}
     assert {client.get_run(r).info.status for r in (parent, dead, alive)} == {"KILLED"}
     assert client.get_run(dead).data.tags["status"] == "KILLED"
 
@@ -169,7 +170,7 @@ def test_sigterm_ends_runs_killed(tracking_uri: str) -> None:
     try:
         tracker = Tracker("m1", tracking_uri)
         runs = [tracker.start_parent(), tracker.start_trial("t0", "row-0", config(0.1))]
-        tracking.install_signal_handlers(tracker)
+        install_signal_handlers(tracker)
         os.kill(os.getpid(), signal.SIGTERM)
         assert seen == [signal.SIGTERM]  # handed on to the previous handler
     finally:

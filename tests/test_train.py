@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner import budget, data, spec, train
-from runner.optim import SAM, build_optimizer
-from runner.schedule import EpochSchedule
+from runner import data, spec
+from runner.core import budget, checkpoint, train
+from runner.core.optim import SAM, build_optimizer
+from runner.core.schedule import EpochSchedule
 
 TINY = {"model.name": "wrn_std", "model.depth": 10, "model.width": 1, "data.path": "synthetic:600",
         "optimizer.name": "adam", "optimizer.lr": 0.003, "optimizer.weight_decay": 0.0,
@@ -45,11 +46,11 @@ def test_resume_from_a_mid_run_checkpoint_gives_the_same_weights(tmp_path):
 
     def stop_after_first(metrics, state):
         if metrics["epoch"] == 1:
-            train.save_checkpoint(state(), str(tmp_path))
+            checkpoint.save(state(), str(tmp_path))
             raise KeyboardInterrupt  # a crash right after the first checkpoint
     with pytest.raises(KeyboardInterrupt):
         train.fit(cfg, train_split, val_split, classes, stop_after_first)
-    state = train.load_checkpoint(str(tmp_path))
+    state = checkpoint.load(str(tmp_path))
     assert state["epoch"] == 1 and state["val_confusion"].shape == (10, 10)
     assert int(state["val_confusion"].sum()) == len(val_split.ids)
     resumed = train.fit(cfg, train_split, val_split, classes, resume=state)

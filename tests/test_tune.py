@@ -18,13 +18,6 @@ ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUF
        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
 
 
-@pytest.fixture
-def short_dir():
-    """Ray's unix sockets need short paths (~107 bytes): not under pytest's tmp_path."""
-    with tempfile.TemporaryDirectory(prefix="rt-", dir="/tmp") as directory:
-        yield directory
-
-
 def write_spec(directory: str, text: str) -> str:
     path = os.path.join(directory, "spec.yaml")
     with open(path, "w") as fh:
@@ -97,7 +90,8 @@ def _probe_worker(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from runner import data, spec, train
+    from runner import data, spec
+    from runner.core import checkpoint, train
 
     cfg = spec.trial_config(config["overrides"])
     context = ray.train.get_context()
@@ -114,11 +108,11 @@ def _probe_worker(config: dict) -> None:
                "batch_per_worker": result.metrics["batch_per_worker"],
                "images_seen": result.metrics["images_per_s"] * result.metrics["epoch_s"]}
     with tempfile.TemporaryDirectory() as directory:  # Train V2 keeps the metrics of checkpointed reports
-        checkpoint = None
+        saved = None
         if rank == 0:
-            train.save_checkpoint({"digest": digest}, directory)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint)
+            checkpoint.save({"digest": digest}, directory)
+            saved = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=saved)
 
 
 @pytest.mark.timeout(300)
@@ -155,7 +149,8 @@ def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir):
     import ray
     from ray.cluster_utils import Cluster
 
-    from runner import spec, tune
+    from runner import spec
+    from runner.tune import tuner
 
     os.environ.update(ENV)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
@@ -168,7 +163,7 @@ def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir):
                                                   "cpus_per_worker: 1, trial_cpus: 1")
                           .replace("optimizer.lr: [0.05, 0.1]", "optimizer.lr: [0.05]"))
         trials = spec.load_spec(path).trials
-        grid = tune.run_tuner(trials, experiment="multinode", storage=f"{short_dir}/results", max_concurrent=1,
+        grid = tuner.run_tuner(trials, experiment="multinode", storage=f"{short_dir}/results", max_concurrent=1,
                               scheduler=None, callbacks=[])
         result = grid[0]
         assert result.error is None, result.error

@@ -1,17 +1,14 @@
-"""The Ray ring: a Tune grid of trial drivers, each a Ray Train `TorchTrainer` of DDP workers.
+"""One Tune trial: a Ray Train `TorchTrainer` of DDP workers, as in Ray's Train/Tune interop example.
 
-Three plain functions, as in Ray's Train/Tune interop example:
 - `train_worker(loop_config)` runs in every Train worker: reads its shard once, calls `train.fit`,
   reports each epoch (rank 0 attaches the checkpoint);
 - `trial_driver(config)` is the Tune trainable: builds the `TorchTrainer` from the trial's
-  `scaling` group and calls `fit()`; `TuneReportCallback` forwards rank 0's metrics to Tune;
-- `run_tuner(...)` builds the `Tuner` (or restores one) with the concurrency the resource check allows.
+  `scaling` group and calls `fit()`; `TuneReportCallback` forwards rank 0's metrics to Tune.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Callable
 
@@ -22,8 +19,8 @@ import ray.tune
 import torch.distributed
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from runner import data, train
-from runner.spec import Trial
+from runner import data
+from runner.core import checkpoint, train
 
 METRIC, MODE = "val_acc", "max"
 TRIAL_RESOURCE_ENV = "RUNNER_TRIAL_RESOURCE"  # e.g. "trial_driver": keeps drivers on on-demand nodes
@@ -41,9 +38,9 @@ def train_worker(loop_config: dict) -> None:
     resume = None
     # After a node loss (Train restarts the group) or `--resume` (Train finds its run by name), this is
     # the last *committed* checkpoint: Train's own record, never a listing of checkpoint folders.
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as directory:
-            resume = train.load_checkpoint(directory)
+    if (committed := ray.train.get_checkpoint()) is not None:
+        with committed.as_directory() as directory:
+            resume = checkpoint.load(directory)
     resumed_from = resume["epoch"] if resume else 0  # epochs this worker group did not have to train
 
     nodes = _distinct_nodes(world)
@@ -53,7 +50,7 @@ def train_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
-                train.save_checkpoint(state(), directory)
+                checkpoint.save(state(), directory)
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=saved)  # every rank reports, or the group stalls
 
@@ -110,55 +107,3 @@ def trial_resources(config: dict) -> dict:
     if custom := os.environ.get(TRIAL_RESOURCE_ENV):
         resources[custom] = 0.001  # a token amount: it only pins drivers to nodes that advertise it
     return resources
-
-
-def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurrent: int,
-              scheduler: str | None, callbacks: list, restore: bool = False) -> ray.tune.ResultGrid:
-    """Run (or, with `restore`, resume) the grid; one trial per resolved row."""
-    trainable = ray.tune.with_resources(trial_driver, trial_resources)
-    path = storage_join(storage, experiment)
-    if restore:
-        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        # Tune brings back the callbacks pickled into tuner.pkl by the first attempt, not this invocation's
-        # (Tuner.restore takes none): without this the MLflow bridge and progress lines see no result.
-        # No public API for it in Ray 2.60 (ray-project/ray#41364 uses the same attribute).
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner.fit()
-    param_space = {
-        "trial": ray.tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
-        "train_storage": storage_join(storage, experiment, "train"),
-    }
-    tuner = ray.tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=ray.tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=max_concurrent,
-                                        scheduler=_scheduler(scheduler, trials),
-                                        trial_name_creator=_trial_label,
-                                        trial_dirname_creator=_trial_dirname,
-                                        reuse_actors=True),  # trial drivers are plain functions: reusable
-        run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, callbacks=callbacks, verbose=0),
-    )
-    return tuner.fit()
-
-
-def _scheduler(name: str | None, trials: list[Trial]):  # noqa: ANN202 - Tune scheduler classes vary
-    if name in (None, "fifo"):
-        return None
-    if name == "asha":
-        longest = max(t.config["train"]["epochs"] for t in trials)
-        return ray.tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=longest, grace_period=1,
-                                                 reduction_factor=2)
-    raise ValueError(f"--scheduler {name!r}: use fifo or asha")
-
-
-def _trial_label(trial: ray.tune.experiment.Trial) -> str:
-    return trial.config["trial"]["name"]
-
-
-def _trial_dirname(trial: ray.tune.experiment.Trial) -> str:
-    label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", trial.config["trial"]["name"])[:60]
-    return f"{trial.trial_id}-{label}"
-
-
-def storage_join(storage: str, *parts: str) -> str:
-    return "/".join([storage.rstrip("/"), *parts])

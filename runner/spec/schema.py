@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import models
-from runner.optim import OPTIMIZERS
-from runner.schedule import SCHEDULES
+from runner.core.optim import OPTIMIZERS
+from runner.core.schedule import SCHEDULES
 
 
 class SpecError(ValueError):

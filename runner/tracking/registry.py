@@ -24,8 +24,10 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from runner import tracking
-from runner.train import load_checkpoint
+from runner.core import checkpoint
+from runner.tracking import queries
+from runner.tracking.connection import connect, resolve_tracking_uri
+from runner.tracking.tracker import CHECKPOINT_ARTIFACT
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "timm"]  # given, so MLflow skips its slow inference (6-16 s)
 IMAGE_SIZE = 32  # the project's inputs; checkpoints do not record the image shape
@@ -68,8 +70,8 @@ def _better(new: float, old: float | None, metric: str) -> bool:
 
 
 def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    client = tracking.connect(uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    client = connect(uri)
     mlflow.set_tracking_uri(uri)  # log_model / register_model use the fluent API's URI
     return client, uri
 
@@ -103,7 +105,7 @@ def register_best(experiment_name: str, *, parent_run_id: str | None = None, met
                   tracking_uri: str | None = None) -> Registration:
     """Register the best in-budget trial of the spec's latest invocation (or of `parent_run_id`)."""
     client, _ = _client(tracking_uri)
-    runs = tracking.trial_runs(client, experiment_name, parent_run_id)
+    runs = queries.trial_runs(client, experiment_name, parent_run_id)
     best, note = pick_best(runs, metric)
     return _register(client, best, metric, name, alias, note)
 
@@ -126,29 +128,24 @@ def register_run(run_id: str, *, metric: str = "val_acc", name: str = "cifar-sub
     return _register(client, run, metric, name, alias)
 
 
-def model_from_checkpoint(state: dict) -> torch.nn.Module:
-    """Rebuild the trained network from a checkpoint dict (its config names the architecture)."""
-    import models
-
-    spec = dict(state["config"]["model"])
-    net = models.build(spec.pop("name"), len(state["classes"]), **spec)
-    net.load_state_dict(state["model"])
-    return net.eval()
+def _download_state(client: MlflowClient, run: Any) -> dict:
+    """The checkpoint dict of a trial's run (its `checkpoint/state.pt` artifact)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, tmp)
+        except Exception as exc:
+            raise RegistryError(f"run {run.info.run_id} ({run.info.run_name}) has no {CHECKPOINT_ARTIFACT} "
+                                f"artifact to build the model from: {exc}") from exc
+        return checkpoint.load(path)
 
 
 def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str, note: str = "") -> Registration:
     run_id, value = run.info.run_id, run_value(run, metric)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, tracking.CHECKPOINT_ARTIFACT, tmp)
-        except Exception as exc:
-            raise RegistryError(f"run {run_id} ({run.info.run_name}) has no {tracking.CHECKPOINT_ARTIFACT} "
-                                f"artifact to build the model from: {exc}") from exc
-        state = load_checkpoint(path)
+    state = _download_state(client, run)
     if state.get("within_budget") is False:
         raise RegistryError(f"run {run_id}: its checkpoint is over the parameter budget "
                             f"({state.get('params')} params); over-budget trials are never registered")
-    net = model_from_checkpoint(state)
+    net = checkpoint.build_model(state)
     # pt2 (torch.export) needs an example; batch 2, because batch 1 would pin the batch size to 1.
     example = torch.randn(2, len(state["mean"]), IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     metadata = {"classes": list(state["classes"]), "mean": list(state["mean"]), "std": list(state["std"]),
@@ -210,13 +207,8 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[torch.nn.M
 
 def _from_run_checkpoint(client: MlflowClient, run_id: str, device: str | torch.device
                          ) -> tuple[torch.nn.Module, list[str], list[float], list[float], str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, tracking.CHECKPOINT_ARTIFACT, tmp)
-        except Exception as exc:
-            raise RegistryError(f"run {run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact: {exc}") from exc
-        state = load_checkpoint(path)
-    net = model_from_checkpoint(state).to(device)
+    state = _download_state(client, client.get_run(run_id))
+    net = checkpoint.build_model(state).to(device)
     return net, list(state["classes"]), list(state["mean"]), list(state["std"]), run_id
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from runner.schema import SpecError, validate
+from runner import keys
+from runner.spec.schema import SpecError, validate
 
 SPEC_KEYS = {"name", "description", "base", "grid", "runs", "reported"}
 ROW_KEYS = {"name", "reported"}
@@ -135,30 +136,19 @@ def _base_for(base_flat: dict, changes: dict) -> dict:
     return {k: v for k, v in base_flat.items() if not k.startswith("model.")}
 
 
-def flatten(tree: dict, file: str, row: str, prefix: str = "") -> dict:
-    """Nested mapping -> {dotted.key: leaf}; lists are leaves. Dotted keys may also be written directly."""
-    flat = {}
-    for key, value in tree.items():
-        if not isinstance(key, str):
-            raise SpecError(file, f"keys must be strings, got {key!r}", row=row)
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, file, row, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
+def flatten(tree: dict, file: str, row: str) -> dict:
+    """Nested mapping -> {dotted.key: leaf}; dotted keys may also be written directly."""
+    try:
+        return keys.flatten(tree)
+    except TypeError as err:
+        raise SpecError(file, str(err), row=row) from None
 
 
 def unflatten(flat: dict, file: str, row: str) -> dict:
-    tree: dict = {}
-    for dotted, value in flat.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SpecError(file, "sets both a value and sub-keys", row=row, field=dotted)
-        node[leaf] = value
+    try:
+        tree = keys.unflatten(flat)
+    except keys.KeyConflict as err:
+        raise SpecError(file, "sets both a value and sub-keys", row=row, field=err.key) from None
     if "model" in tree and "name" not in tree["model"]:
         raise SpecError(file, "model.name is required", row=row, field="model.name")
     return tree
@@ -222,18 +212,9 @@ def _check_reported(figures: Any, file: str, row: str) -> None:
 
 def _match_reported(table: list[tuple[dict, dict]], config: dict) -> dict:
     for where, figures in table:
-        if all(_get(config, k) == v for k, v in where.items()):
+        if all(keys.get(config, k) == v for k, v in where.items()):
             return dict(figures)
     return {}
-
-
-def _get(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _trial_name(row: str | None, grid_part: dict) -> str:

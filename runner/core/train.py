@@ -13,7 +13,6 @@ device tensors that are read once per epoch (the only host sync).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from runner import budget
-from runner.augment import Augment
+from runner.core import budget
+from runner.core.augment import Augment
+from runner.core.optim import SAM, build_optimizer
+from runner.core.schedule import EpochSchedule
 from runner.data import Split
-from runner.optim import SAM, build_optimizer
-from runner.schedule import EpochSchedule
 
 Reporter = Callable[[dict, Callable[[], dict]], None]
 EVAL_BATCH = 512
@@ -305,27 +304,3 @@ class _frozen_batchnorm:
     def __exit__(self, *exc: object) -> None:
         for m, momentum in zip(self.norms, self.saved, strict=True):
             m.momentum = momentum
-
-
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by the callers of `fit` (a state.pt file or the directory holding it)."""
-    file = os.path.join(path, "state.pt") if os.path.isdir(path) else path
-    return torch.load(file, map_location="cpu", weights_only=False)
-
-
-def save_checkpoint(state: dict, directory: str) -> str:
-    """Write `state.pt` into `directory` atomically (temp name, then rename)."""
-    os.makedirs(directory, exist_ok=True)
-    final = os.path.join(directory, "state.pt")
-    temp = final + ".tmp"
-    try:
-        with open(temp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # the rename must not land before the bytes do
-        os.replace(temp, final)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    return final

@@ -31,12 +31,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from runner.sources import DataError, SourceData, SplitArrays, read_source
+from runner.files import atomic_directory
+from runner.data.sources import DataError, SourceData, SplitArrays, read_source
 
-__all__ = [
-    "DataError", "Meta", "Split", "channel_stats", "load_split", "load_train_shard", "prepare", "read_meta",
-    "stratified_split",
-]
 
 FORMAT_VERSION = 1
 ROW_GROUP_SIZE = 1024  # rows per Parquet row group: the unit a shard reader fetches (3 MiB at 32x32x3)
@@ -87,99 +84,11 @@ def prepare(
     if os.path.lexists(out) and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
     data = read_source(source, size=size, resize=resize, from_dir=from_dir)
-    created: list[str] = []  # parents this call makes, removed again on failure
-    tmp = None
     try:
-        _make_parents(os.path.dirname(out), created)
-        _sweep_killed(out)
-        tmp = tempfile.mkdtemp(prefix=_temp_prefix(out, "tmp"), dir=os.path.dirname(out))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: Ray workers running as another user could not read it
-        meta = _write(data, tmp)
-        _swap_in(tmp, out, overwrite)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for d in reversed(created):  # innermost first, and only while still empty
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-        raise
-    return meta
-
-
-def _make_parents(parent: str, created: list[str]) -> None:
-    missing = []
-    while not os.path.isdir(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for d in reversed(missing):
-        os.mkdir(d)
-        created.append(d)
-
-
-def _temp_prefix(out: str, kind: str) -> str:
-    """`.OUT.tmp-<host>-<pid>-`: a later prepare can tell the leftovers of a killed one from live work."""
-    return f".{os.path.basename(out)}.{kind}-{socket.gethostname()}-{os.getpid()}-"
-
-
-def _sweep_killed(out: str) -> None:
-    """Delete the temp folders a SIGKILLed prepare of `out` on this host left beside it (its pid is gone)."""
-    parent = os.path.dirname(out)
-    for kind in ("tmp", "old"):
-        prefix = _temp_prefix(out, kind).rsplit("-", 2)[0] + "-"  # without this process's pid
-        for name in os.listdir(parent):
-            pid = name[len(prefix):].split("-", 1)[0]
-            if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE), so a kill at any moment
-    leaves `b` holding the old data or the new, never neither. False where the OS or file system can't."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), b)
-
-
-def _swap_in(tmp: str, out: str, overwrite: bool) -> None:
-    if not os.path.lexists(out):
-        os.rename(tmp, out)
-        return
-    if not overwrite:  # someone else created it while we were reading the source
-        raise DataError(f"{out} already exists; pass --overwrite to replace it")
-    if _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)  # now the old data; a kill here leaves it to `_sweep_killed`
-        return
-    # two renames: a kill between them leaves OUT missing (the old data waits in .OUT.old-*/data)
-    old = tempfile.mkdtemp(prefix=_temp_prefix(out, "old"), dir=os.path.dirname(out))
-    os.rename(out, os.path.join(old, "data"))
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(os.path.join(old, "data"), out)  # put the old one back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            return _write(data, tmp)
+    except FileExistsError as err:  # someone else created it while we were reading the source
+        raise DataError(f"{out} already exists; pass --overwrite to replace it") from err
 
 
 def _write(data: SourceData, d: str) -> Meta:
@@ -288,6 +197,17 @@ def read_meta(path: str) -> Meta:
                         f"{FORMAT_VERSION}; prepare the data again")
     raw["image_shape"] = tuple(raw["image_shape"])
     return Meta(**raw)
+
+
+def class_count(data_cfg: dict) -> tuple[int, str]:
+    """(classes, note): from the data set's meta.json when readable; else the spec's `data.num_classes`
+    (note " (spec)"); else 10 (note " (assumed)"). For `runner check`, which may run before prepare."""
+    try:
+        return read_meta(data_cfg["path"]).num_classes, ""
+    except (DataError, OSError):
+        if data_cfg["num_classes"]:
+            return data_cfg["num_classes"], " (spec)"
+        return 10, " (assumed)"
 
 
 def _parquet_file(path: str, split: str, meta: Meta) -> pq.ParquetFile:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from runner import augment, data
+from runner import data
+from runner.core import augment, checkpoint
 from runner.data import Split
-from runner.report import atomic_write_text
+from runner.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,15 @@ def load_for_inference(uri: str, device: str | torch.device = "cpu"
                        ) -> tuple[torch.nn.Module, list[str], list[float], list[float]]:
     """(model in eval mode, class names, mean, std) from a registry/run URI or a checkpoint path."""
     if _is_mlflow_uri(uri):
-        from runner import registry
+        from runner.tracking import registry
 
         model, classes, mean, std, _ = registry.load_model(uri, device)
     else:
-        from runner.registry import model_from_checkpoint
-        from runner.train import load_checkpoint
-
-        path = Path(uri)
-        file = path / "state.pt" if path.is_dir() else path
-        if not file.is_file():
+        if not checkpoint.checkpoint_file(uri).is_file():
             raise SubmissionError(f"--model {uri}: no such checkpoint (want state.pt or its folder, "
                                   "models:/NAME@alias, or runs:/RUN_ID)")
-        state = load_checkpoint(str(file))
-        model = model_from_checkpoint(state).to(device)
+        state = checkpoint.load(uri)
+        model = checkpoint.build_model(state).to(device)
         classes, mean, std = list(state["classes"]), list(state["mean"]), list(state["std"])
     _eval_mode(model)
     return model, classes, mean, std
@@ -171,7 +167,7 @@ def log_submission(model_uri: str, path: str | os.PathLike) -> str | None:
     """Attach the written CSV to the model's MLflow run; returns that run id (None for a checkpoint)."""
     if not _is_mlflow_uri(model_uri):
         return None
-    from runner import registry
+    from runner.tracking import registry
 
     run_id = registry.source_run_id(model_uri)
     if run_id:

@@ -10,29 +10,30 @@ trial is registered and, on request, a submission written from it.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
-from runner import budget, data, report, resources, spec, tracking
-from runner.commands import num_classes
+from runner import data, files, report, resources, spec
+from runner.core import budget
+from runner.tracking import queries
+from runner.tracking.tracker import Tracker, install_signal_handlers
+from runner.tune import callbacks, cluster, tuner
 
 DEFAULT_STORAGE = "results"
-AUTOSCALING_CONFIG_ENV = "RUNNER_AUTOSCALING_CONFIG"
 
 
 def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, scheduler: str | None,
              storage: str | None, resume: str | None, num_cpus: float | None, register_as: str | None,
              submission: str | None, tta: int) -> int:
     loaded = spec.load_spec(path, overrides)
-    _preflight(loaded)
+    verdicts = _preflight(loaded)
     storage = _storage(storage)
     experiment = _experiment_name(loaded.name, storage, resume)
-    with tracking.Tracker(loaded.name) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
-        restore_signals = tracking.install_signal_handlers(tracker)
+    with Tracker(loaded.name) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
+        restore_signals = install_signal_handlers(tracker)
         try:
             tracker.start_parent(spec_path=path, run_name=experiment, invocation_id=experiment,
                                  resume=resume is not None)
-            rows, failed = _tune(loaded, experiment, storage, tracker, max_concurrent=max_concurrent,
+            rows, failed = _tune(loaded, verdicts, experiment, storage, tracker, max_concurrent=max_concurrent,
                                  scheduler=scheduler, restore=resume is not None, num_cpus=num_cpus)
             table = tracker.finish_parent("FAILED" if failed else "FINISHED", rows)
         finally:
@@ -47,11 +48,13 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     return 0
 
 
-def _preflight(loaded: spec.Spec) -> None:
+def _preflight(loaded: spec.Spec) -> dict[str, budget.Verdict]:
     """Data readable, every trial within budget (or flagged) and RAY_ADDRESS answering, before any
-    process starts or anything is written."""
-    _probe_ray_address()
-    metas = {}
+    process starts or anything is written. Each data set's meta.json is read once; returns each
+    trial's budget verdict (its real parameter count)."""
+    cluster.probe_ray_address()
+    metas: dict[str, data.Meta] = {}
+    verdicts = {}
     for trial in loaded.trials:
         where = f"{loaded.path}: row {trial.name!r}"
         path = trial.config["data"]["path"]
@@ -60,30 +63,27 @@ def _preflight(loaded: spec.Spec) -> None:
                 metas[path] = data.read_meta(path)
             except data.DataError as err:
                 raise data.DataError(f"{where}: field data.path: {err}") from err
-        classes, _ = num_classes(trial.config)
         try:
-            budget.enforce(trial.config["model"], classes, trial.config["budget"])
+            verdicts[trial.name] = budget.enforce(trial.config["model"], metas[path].num_classes,
+                                                  trial.config["budget"])
         except budget.BudgetError as err:
             fix = "" if "budget.mode: flag" in str(err) else "; set budget.mode: flag to train it anyway"
             raise budget.BudgetError(f"{where}: field model: {err}{fix} (it will never be registered)") from err
+    return verdicts
 
 
-def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tracker, *,
-          max_concurrent: int | None, scheduler: str | None, restore: bool,
+def _tune(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], experiment: str, storage: str,
+          tracker: Tracker, *, max_concurrent: int | None, scheduler: str | None, restore: bool,
           num_cpus: float | None) -> tuple[list[dict], list[str]]:
-    import ray
-
-    from runner import callbacks, tune
-
-    _start_ray(num_cpus)
+    cluster.start_ray(num_cpus)
     needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
-    concurrency = resources.plan_concurrency(needs, _capacity(ray.cluster_resources()), max_concurrent)
+    concurrency = resources.plan_concurrency(needs, cluster.capacity(), max_concurrent)
     print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}")
     progress = callbacks.Progress()
     bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials},
-                                {t.name: _budget_tags(t) for t in loaded.trials}, storage)
+                                {name: _budget_tags(v) for name, v in verdicts.items()}, storage)
     started = time.monotonic()
-    grid = tune.run_tuner(loaded.trials, experiment=experiment, storage=storage, max_concurrent=concurrency,
+    grid = tuner.run_tuner(loaded.trials, experiment=experiment, storage=storage, max_concurrent=concurrency,
                           scheduler=scheduler, callbacks=[progress, bridge], restore=restore)
     failed = [r.config["trial"]["name"] for r in grid if r.error is not None]
     by_name = {t.name: t for t in loaded.trials}
@@ -91,7 +91,7 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
     found = list(bridge.rows.items())
     if restore:  # trials that finished before the driver died are not run again: their rows are in MLflow
         seen = {row["trial"] for row in bridge.rows.values()}
-        found += [(row["trial_id"], row) for row in map(tracking.run_row, tracking.trial_runs(
+        found += [(row["trial_id"], row) for row in map(queries.run_row, queries.trial_runs(
             tracker.client, tracker.experiment_name, tracker.parent_run_id)) if row["trial"] not in seen]
     rows = []
     for trial_id, row in found:
@@ -102,62 +102,9 @@ def _tune(loaded: spec.Spec, experiment: str, storage: str, tracker: tracking.Tr
     return rows, failed
 
 
-def _capacity(up_now: dict[str, float]) -> dict[str, float]:
-    """Resources the grid may plan on: what is up now, or what the autoscaler may add when
-    RUNNER_AUTOSCALING_CONFIG names the cluster launcher config (cluster.yaml sets it on the head)."""
-    path = os.environ.get(AUTOSCALING_CONFIG_ENV)
-    if not path:
-        return up_now
-    try:
-        launcher_config = spec.load_yaml_file(os.path.expanduser(path))
-    except OSError as err:
-        raise resources.ResourceError(f"{AUTOSCALING_CONFIG_ENV}={path}: cannot read it ({err.strerror}); point it "
-                                      "to the cluster launcher config (~/ray_bootstrap_config.yaml on a head)") from err
-    return resources.larger_of(up_now, resources.autoscaling_capacity(launcher_config))
-
-
-def _budget_tags(trial: spec.Trial) -> dict:
+def _budget_tags(verdict: budget.Verdict) -> dict:
     """Known before training, so even a trial that fails early carries its verdict."""
-    verdict = budget.check(trial.config["model"], num_classes(trial.config)[0], trial.config["budget"]["max_params"])
     return {"params": verdict.params, "within_budget": str(verdict.within).lower()}
-
-
-def _probe_ray_address(timeout_s: float = 5.0) -> None:
-    """RAY_ADDRESS names a cluster: reach its port before anything is spent. Ray's own connect retries
-    for minutes against a dead address (no answer after 200 s, Ray 2.60), which looks like a hang."""
-    address = os.environ.get("RAY_ADDRESS", "")
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or "://" in host or not port.isdigit():
-        return  # "auto", "local", or a form Ray itself will explain
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise resources.ResourceError(
-            f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({err}); start the cluster "
-            "(`ray up cluster.yaml` / `ray start --head`), fix the address, or unset RAY_ADDRESS to run "
-            "on a local Ray") from err
-
-
-def _start_ray(num_cpus: float | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        try:
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        except Exception as err:  # noqa: BLE001 - Ray raises several unrelated types here
-            raise resources.ResourceError(
-                f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is unreachable ({type(err).__name__}: {err}); start the "
-                "cluster (`ray up cluster.yaml` / `ray start --head`) or unset RAY_ADDRESS for a local Ray") from err
-        return
-    # A local Ray has no spot nodes to watch and nobody scraping Train's metrics: both cost a process
-    # and start-up time per trial (bench/tune_overhead.py). Clusters keep Ray's defaults.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-    # address="local": never attach to a cluster some `ray start` left recorded in /tmp/ray.
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             configure_logging=True, logging_level="warning")
 
 
 def _storage(storage: str | None) -> str:
@@ -188,15 +135,16 @@ def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
     target = f"{storage}/{experiment}/results.csv"
     if "://" in storage:
         return target  # the same table is in MLflow; remote storage is written by Ray only
-    report.atomic_write_text(target, report.to_csv_text(table) or "trial\n")  # a kill leaves old or new
+    files.atomic_write_text(target, report.to_csv_text(table) or "trial\n")  # a kill leaves old or new
     return target
 
 
-def _register_and_submit(loaded: spec.Spec, model_name: str, submission: str | None, tta: int) -> None:
-    from runner import registry, submit
+def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, tta: int) -> None:
+    from runner import submission
+    from runner.tracking import registry
 
     outcome = registry.register_best(loaded.name, name=model_name)  # prints the alias comparison
-    if submission and outcome.version is not None:
+    if out and outcome.version is not None:
         data_path = loaded.trials[0].config["data"]["path"]
-        submit.make_submission(f"models:/{model_name}/{outcome.version}", data_path, submission, tta=tta)
-        print(f"submission: {submission}")
+        submission.make_submission(f"models:/{model_name}/{outcome.version}", data_path, out, tta=tta)
+        print(f"submission: {out}")

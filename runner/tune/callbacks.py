@@ -13,7 +13,7 @@ import pyarrow.fs
 import ray.train
 import ray.tune
 
-from runner.commands import format_epoch
+from runner.report import format_epoch
 
 
 class Progress(ray.tune.Callback):
@@ -55,11 +55,11 @@ class Progress(ray.tune.Callback):
 
 
 class Tracking(ray.tune.Callback):
-    """Forwards each trial's life to `runner.tracking.Tracker`; the driver is MLflow's only writer."""
+    """Forwards each trial's life to `runner.tracking.tracker.Tracker`; the driver is MLflow's only writer."""
 
     def __init__(self, tracker, reported: dict[str, dict], tags: dict[str, dict],  # noqa: ANN001
                  storage: str) -> None:
-        self.tracker = tracker  # a runner.tracking.Tracker
+        self.tracker = tracker  # a runner.tracking.tracker.Tracker
         self.reported, self.tags, self.storage = reported, tags, storage
         self.runs: dict[str, str] = {}
         self.best: dict[str, tuple[float, str | None]] = {}

@@ -1,0 +1,89 @@
+"""The tracker's write queue: MLflow writes in order, buffered across outages.
+
+A write that fails because the server is briefly down stays queued and is retried with backoff on the
+next submit and at `flush`, so a short outage loses nothing; a write MLflow refuses outright (a bug in
+what we send) raises at once. A call whose answer is needed now (create a run, search) is retried
+until the outage timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from runner.tracking.connection import TrackingError, is_transient
+
+log = logging.getLogger(__name__)
+
+
+class WriteQueue:
+    def __init__(self, uri: str, outage_timeout_s: float) -> None:
+        self.uri = uri  # masked: for messages only
+        self.outage_timeout_s = outage_timeout_s
+        self.pending: deque[tuple[str, Callable[[], Any]]] = deque()
+        self.closed = False
+        self.last_error: BaseException | None = None
+        self._backoff, self._retry_at = 0.5, 0.0
+        self._failing_since: float | None = None
+
+    def submit(self, what: str, fn: Callable[[], Any]) -> None:
+        if self.closed:
+            # after close (e.g. SIGTERM ended the runs KILLED) late Tune callbacks must not reopen them
+            log.debug("MLflow tracker closed; dropped %s", what)
+            return
+        self.pending.append((what, fn))
+        self.drain()
+
+    def drain(self, force: bool = False) -> bool:
+        """Send queued writes in order; stop at the first transient failure and keep the rest."""
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        while self.pending:
+            what, fn = self.pending[0]
+            try:
+                fn()
+            except Exception as exc:
+                if not is_transient(exc):
+                    self.pending.popleft()
+                    raise TrackingError(f"MLflow at {self.uri} refused {what}: {exc}") from exc
+                self._note_failure(exc)
+                return False
+            self.pending.popleft()
+        if self._failing_since is not None:
+            log.warning("MLflow at %s is back; buffered writes delivered", self.uri)
+        self._failing_since, self._backoff, self._retry_at = None, 0.5, 0.0
+        return True
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """A call whose answer is needed now: retried until the outage timeout."""
+        deadline = time.monotonic() + self.outage_timeout_s
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise TrackingError(f"MLflow at {self.uri}: {what} failed: {exc}") from exc
+                self._note_failure(exc)
+                time.sleep(max(0.0, self._retry_at - time.monotonic()))
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Retry queued writes until all are delivered or `timeout_s` passes; returns how many are left."""
+        deadline = time.monotonic() + (self.outage_timeout_s if timeout_s is None else timeout_s)
+        while not self.drain(force=True):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(max(self._retry_at - time.monotonic(), 0.05), left))
+        return len(self.pending)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("MLflow at %s unreachable (%s); buffering writes and retrying", self.uri, exc)
+        self.last_error = exc
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, 15.0)

@@ -1,0 +1,313 @@
+"""The MLflow writer: the one writer, run only in the Tune driver process.
+
+One experiment per spec name; one parent run per `runner run` invocation; one child run per trial
+(`mlflow.parentRunId`), named after its row, with the resolved config as dotted params (secrets masked),
+per-epoch metrics at `step=epoch`, and artifacts `config/resolved.yaml`, `plots/{curves,confusion}.png`,
+`checkpoint/state.pt`; the parent gets `results/results.{csv,md}`. Writes go through the
+`WriteQueue`. Runs are never left RUNNING: `close(status)`, `install_signal_handlers`, and
+`runner mlflow reconcile` (runner.tracking.queries) for runs whose driver was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+
+from runner import report
+from runner.masking import flatten_params, mask_secrets, redact
+from runner.tracking.connection import TrackingError, connect, ensure_experiment, quote, resolve_tracking_uri
+from runner.tracking.provenance import invocation_tags
+from runner.tracking.queue import WriteQueue
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
+# Tune's bookkeeping in a reported result; not training metrics.
+NOT_METRICS = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+               "time_since_restore", "iterations_since_restore", "timesteps_total", "done",
+               "episodes_total", "timesteps_since_restore"}
+SUMMARY = ("train_loss", "train_acc", "val_loss", "val_acc")  # logged as best_<key> at the best epoch
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if k not in NOT_METRICS and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Tracker:
+    """MLflow writer for one `runner run` invocation. Use as a context manager (the exit status ends
+    every open run) or call `close(status)`; several child runs may be open at once, so this uses
+    MlflowClient with explicit run ids, never the fluent active-run stack."""
+
+    def __init__(self, experiment_name: str, tracking_uri: str | None = None, *, root: str | os.PathLike = ".",
+                 outage_timeout_s: float = 300.0, probe_timeout_s: float = 3.0,
+                 staging_dir: str | os.PathLike | None = None) -> None:
+        uri = resolve_tracking_uri(tracking_uri, root)
+        self.client = connect(uri, root, probe_timeout_s)
+        self.uri = redact(uri)  # for messages only; the client keeps the real one
+        self.outage_timeout_s = outage_timeout_s
+        try:
+            self.experiment_id = ensure_experiment(self.client, experiment_name)
+        except Exception as exc:
+            raise TrackingError(f"MLflow at {self.uri}: cannot open experiment {experiment_name!r}: {exc}") from exc
+        self.experiment_name = experiment_name
+        self.parent_run_id: str | None = None
+        self.invocation_id: str | None = None
+        self._open: dict[str, str] = {}  # run id -> trial id, for runs not yet ended
+        self._seen: set[tuple[str, str, int]] = set()  # (run, key, step): a re-reported epoch is skipped
+        self._history: dict[str, dict[int, dict[str, float]]] = {}
+        self._rows: dict[str, dict] = {}
+        self._queue = WriteQueue(self.uri, outage_timeout_s)
+        # artifacts wait here until uploaded (a queued upload must survive its source being deleted)
+        self._staging = Path(tempfile.mkdtemp(prefix="runner-mlflow-", dir=staging_dir))
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Retry queued writes until all are delivered or `timeout_s` passes; returns how many are left."""
+        return self._queue.flush(timeout_s)
+
+    # ---- runs ----------------------------------------------------------------------------------
+    def _find(self, filter_string: str) -> Any | None:
+        runs = self._queue.call("search runs", lambda: self.client.search_runs(
+            [self.experiment_id], filter_string, max_results=1, order_by=["attributes.start_time DESC"]))
+        return runs[0] if runs else None
+
+    def start_parent(self, *, spec_path: str | None = None, run_name: str | None = None,
+                     invocation_id: str | None = None, resume: bool = False,
+                     tags: Mapping[str, str] | None = None) -> str:
+        """The invocation's parent run. With `resume`, reuse the parent tagged `invocation_id` (or, with
+        no id, the latest parent of this experiment) so `runner run --resume` continues its runs."""
+        found = None
+        if resume:
+            where = "tags.`runner.kind` = 'parent'"
+            if invocation_id:
+                where += f" and tags.`runner.invocation_id` = {quote(invocation_id)}"
+            found = self._find(where)
+        if found is not None:
+            self.parent_run_id = found.info.run_id
+            self.invocation_id = found.data.tags.get("runner.invocation_id", invocation_id)
+            self._queue.call("reopen parent", lambda: self.client.update_run(self.parent_run_id, "RUNNING"))
+        else:
+            self.invocation_id = invocation_id or uuid.uuid4().hex
+            all_tags = {"runner.kind": "parent", "runner.invocation_id": self.invocation_id,
+                        **invocation_tags(spec_path), **(tags or {})}
+            run = self._queue.call("create parent run", lambda: self.client.create_run(
+                self.experiment_id, tags=all_tags, run_name=run_name or self.experiment_name))
+            self.parent_run_id = run.info.run_id
+        self._open[self.parent_run_id] = ""
+        return self.parent_run_id
+
+    def start_trial(self, trial_id: str, name: str, config: Mapping[str, Any], *,
+                    tags: Mapping[str, Any] | None = None, reported: Mapping[str, Any] | None = None) -> str:
+        """A child run for one trial; on a resumed parent the trial's earlier child is reused and its
+        logged steps are remembered, so re-reported epochs are not logged twice."""
+        if self.parent_run_id is None:
+            raise TrackingError("start_parent() must be called before start_trial()")
+        found = self._find(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} and "
+                           f"tags.`runner.trial_id` = {quote(trial_id)}")
+        extra = {k: str(v) for k, v in (tags or {}).items()}
+        extra.update({f"reported.{k}": str(v) for k, v in (reported or {}).items()})
+        if found is not None:
+            run_id = found.info.run_id
+            self._load_history(run_id, found.data.metrics)
+            if found.info.status != "FINISHED":
+                self._queue.call("reopen trial run", lambda: self.client.update_run(run_id, "RUNNING"))
+                extra["status"] = "RUNNING"
+            self._queue.submit(f"tags of {name}", lambda: self.client.log_batch(
+                run_id, tags=[RunTag(k, v) for k, v in extra.items()], synchronous=True))
+        else:
+            run_tags = {"mlflow.parentRunId": self.parent_run_id, "runner.kind": "trial",
+                        "runner.trial_id": trial_id, "runner.invocation_id": self.invocation_id or "",
+                        "status": "RUNNING", **extra}
+            run = self._queue.call(f"create run for {name}", lambda: self.client.create_run(
+                self.experiment_id, tags=run_tags, run_name=name))
+            run_id = run.info.run_id
+            params = [Param(k, v) for k, v in flatten_params(config).items()]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                chunk = params[i:i + 100]
+                self._queue.submit(f"params of {name}", lambda c=chunk: self.client.log_batch(
+                    run_id, params=c, synchronous=True))
+            self._log_config(run_id, config)
+        self._open[run_id] = trial_id
+        self._history.setdefault(run_id, {})
+        self._rows[run_id] = {"trial": name, "trial_id": trial_id, "run_id": run_id, "status": "RUNNING",
+                              "model": (config.get("model") or {}).get("name"), "reported": dict(reported or {})}
+        return run_id
+
+    def _load_history(self, run_id: str, latest: Mapping[str, float]) -> None:
+        history = self._history.setdefault(run_id, {})
+        for key in latest:
+            for metric in self._queue.call("read history", lambda k=key: self.client.get_metric_history(run_id, k)):
+                self._seen.add((run_id, key, metric.step))
+                history.setdefault(metric.step, {})[key] = metric.value
+
+    def _log_config(self, run_id: str, config: Mapping[str, Any]) -> None:
+        config = mask_secrets(config)  # resolved.yaml is read by anyone who can read the run, like params
+        from runner.spec.load import dump_yaml  # the one YAML writer
+
+        text, filename = dump_yaml(dict(config)), "resolved.yaml"
+        self._log_file(run_id, filename, "config", text=text)
+
+    def _log_file(self, run_id: str, filename: str, artifact_dir: str, *, text: str | None = None,
+                  source: Path | None = None) -> Path:
+        """Stage the file (so a queued upload survives the source being deleted), then queue the upload."""
+        folder = self._staging / run_id / artifact_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / filename
+        if text is not None:
+            staged.write_text(text)
+        elif source is not None:
+            shutil.copy2(source, staged)
+        self._queue.submit(f"artifact {artifact_dir}/{filename}",
+                     lambda: self.client.log_artifact(run_id, str(staged), artifact_dir))
+        return staged
+
+    def log_epoch(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """One epoch's numeric metrics at `step` (default: `metrics["epoch"]`, 1-based as train.fit reports
+        it, which is also the checkpoint's `epoch`); keys already logged at this step (a restarted trial
+        re-reporting an epoch) are skipped, so the history stays one value per step."""
+        step = int(metrics["epoch"]) if step is None else step
+        now = int(time.time() * 1000)
+        fresh = [Metric(k, v, now, int(step)) for k, v in _numeric(metrics).items()
+                 if (run_id, k, int(step)) not in self._seen]
+        if not fresh:
+            self._queue.drain()
+            return
+        self._seen.update((run_id, m.key, m.step) for m in fresh)
+        self._history.setdefault(run_id, {}).setdefault(int(step), {}).update({m.key: m.value for m in fresh})
+        self._queue.submit(f"metrics at step {step}",
+                           lambda: self.client.log_batch(run_id, metrics=fresh, synchronous=True))
+
+    def finish_trial(self, run_id: str, status: str = "FINISHED", checkpoint: str | os.PathLike | None = None,
+                     history: Mapping[int, Mapping[str, float]] | None = None) -> dict:
+        """End a trial's run: summary metrics at the best checkpoint, tags, plots, the checkpoint file.
+        Returns the trial's results row."""
+        history = dict(history or self._history.get(run_id, {}))
+        row = self._rows.setdefault(run_id, {"trial": run_id, "run_id": run_id, "reported": {}})
+        tags = {"status": status}
+        from runner.core import checkpoint as checkpoint_state  # lazy: `runner mlflow reconcile` needs no torch
+
+        try:
+            state = checkpoint_state.load(checkpoint) if checkpoint else None
+        except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not take the grid's driver down
+            log.warning("trial %s: checkpoint %s unreadable (%s); run ended without it", run_id, checkpoint, exc)
+            state, tags["checkpoint_error"] = None, f"{checkpoint}: {exc}"[:500]
+        (self._staging / run_id).mkdir(parents=True, exist_ok=True)
+        best = _best_epoch(history)
+        summary = dict(history.get(best, {})) if best is not None else {}
+        if state is not None:
+            summary.update(_numeric(state.get("metrics") or {}))
+            best = int(state.get("epoch", best or 0))
+            for key in ("params", "within_budget"):
+                if key in state:
+                    tags[key] = str(state[key]).lower() if key == "within_budget" else str(state[key])
+                    row[key] = state[key]
+            self._log_file(run_id, "state.pt", "checkpoint", source=checkpoint_state.checkpoint_file(checkpoint))
+            if state.get("val_confusion") is not None:
+                png = self._staging / run_id / "confusion.png"
+                report.plot_confusion(state["val_confusion"], state.get("classes") or [], png)
+                self._log_file(run_id, "confusion.png", "plots", source=png)
+        if history:
+            png = self._staging / run_id / "curves.png"
+            report.plot_curves(history, png, title=str(row.get("trial", "")))
+            self._log_file(run_id, "curves.png", "plots", source=png)
+        last = max(history) if history else (best or 0)
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"best_{k}", summary[k], now, last) for k in SUMMARY if k in summary
+                   and not math.isnan(summary[k]) and (run_id, f"best_{k}", last) not in self._seen]
+        if best is not None:
+            tags["best_epoch"] = str(best)
+        if history:
+            tags["epochs"] = str(last)
+        self._queue.submit("trial summary", lambda: self.client.log_batch(
+            run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True))
+        self._queue.submit("end trial run", lambda: self.client.set_terminated(run_id, status))
+        self._open.pop(run_id, None)
+        row.update(status=status, epochs=last if history else None, best_epoch=best,
+                   **{k: summary.get(k) for k in SUMMARY})
+        return row
+
+    def finish_parent(self, status: str = "FINISHED", rows: list[dict] | None = None) -> list[dict]:
+        """Attach the results table (CSV + Markdown) to the parent and end it; returns the display rows."""
+        table = report.results_table(rows if rows is not None else list(self._rows.values()))
+        if self.parent_run_id:
+            self._log_file(self.parent_run_id, "results.csv", "results", text=report.to_csv_text(table))
+            self._log_file(self.parent_run_id, "results.md", "results", text=report.to_markdown(table))
+            run_id = self.parent_run_id
+            self._queue.submit("end parent run", lambda: self.client.set_terminated(run_id, status))
+            self._open.pop(run_id, None)
+        return table
+
+    def close(self, status: str = "FINISHED", timeout_s: float | None = None) -> None:
+        """End every run still open with `status`, deliver queued writes, and raise `TrackingError` if
+        an outage outlasted `timeout_s` (default `outage_timeout_s`). Safe to call twice."""
+        if self._queue.closed:
+            return
+        self._queue.closed = True
+        # trials first, then the parent; queued behind any writes still pending, delivered by flush
+        for run_id in sorted(self._open, key=lambda r: not self._open[r]):
+            self._queue.pending.append(("end open run", lambda r=run_id: self.client.set_terminated(r, status)))
+        self._open.clear()
+        left = self.flush(timeout_s)
+        shutil.rmtree(self._staging, ignore_errors=True)
+        if left:
+            raise TrackingError(
+                f"{left} MLflow writes (params/metrics/artifacts/run ends) could not be delivered to "
+                f"{self.uri} within {self.outage_timeout_s if timeout_s is None else timeout_s:.0f}s "
+                f"(last error: {self._queue.last_error}). The runs in experiment {self.experiment_name!r} are "
+                "incomplete; once the server is back, `runner mlflow reconcile` ends runs left RUNNING.")
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if kind is None:
+            self.close("FINISHED")
+            return
+        try:  # the error already on its way out matters more than undelivered writes
+            self.close("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+        except TrackingError as err:
+            log.error("%s", err)
+
+
+def install_signal_handlers(tracker: Tracker, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+                            timeout_s: float = 10.0) -> Callable[[], None]:
+    """On SIGTERM/SIGINT end every open run KILLED (waiting at most `timeout_s` for MLflow), then
+    hand the signal to the previous handler. Main thread only. Returns a function that uninstalls."""
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def handler(sig: int, frame: Any) -> None:
+        try:
+            tracker.close("KILLED", timeout_s=timeout_s)
+        except TrackingError as exc:
+            log.error("%s", exc)
+        finally:
+            restore()
+        old = previous[sig]
+        if callable(old):
+            old(sig, frame)
+        elif old == signal.SIG_DFL:
+            signal.raise_signal(sig)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in signals:
+        signal.signal(sig, handler)
+    return restore
+
+
+def _best_epoch(history: Mapping[int, Mapping[str, float]]) -> int | None:
+    scored = [(v["val_acc"], step) for step, v in history.items() if "val_acc" in v]
+    return max(scored)[1] if scored else (max(history) if history else None)
