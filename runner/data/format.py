@@ -14,15 +14,10 @@ generated in memory (no files), with the same content `prepare` would write.
 from __future__ import annotations
 
 import csv
-import ctypes
-import errno
 import hashlib
 import json
 import os
 import re
-import shutil
-import socket
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,9 +26,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from runner.files import atomic_directory
 from runner.data.sources import DataError, SourceData, SplitArrays, read_source
-
+from runner.files import atomic_directory
 
 FORMAT_VERSION = 1
 ROW_GROUP_SIZE = 1024  # rows per Parquet row group: the unit a shard reader fetches (3 MiB at 32x32x3)
