@@ -88,7 +88,8 @@ _through_ray_train = runner_tune.trial_driver
 
 def trial_driver(config):
     cfg = config["trial"]["config"]
-    if cfg["scaling"]["workers"] != 1 or cfg["scaling"]["gpus_per_worker"]:
+    from runner import resources
+    if cfg["scaling"]["workers"] != 1 or resources.gpus(cfg["scaling"]):
         return _through_ray_train(config)
     import torch
     from runner import data

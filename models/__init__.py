@@ -7,8 +7,8 @@ package imports every family module, which fills the registry (timm style):
     efficientnet     models/efficientnet.py  width=1.0, depth=1.0, dropout=0.2, drop_connect=0.2, stem=stock
     resnet_guide     models/resnet_guide.py  width=64
 
-`validate(name, kwargs)` runs the same checks as `build` without building (spec validation uses it);
-a bad name, keyword or value raises `ModelConfigError` saying what is allowed.
+`validate(name, kwargs)` is the one check of a model config (the spec schema calls it); a bad name,
+keyword or value raises `ModelConfigError` saying what is allowed. `build` trusts its input.
 """
 
 from __future__ import annotations

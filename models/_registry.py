@@ -2,6 +2,8 @@
 
 Reads nothing and writes nothing. A family module decorates one builder per variant with
 `@register_model(check=...)`; importing `models` imports every family, which fills `_MODELS`.
+`validate` runs the family's check (the spec schema calls it: the one config boundary); `build` trusts
+its input.
 A builder has the shape `def name(num_classes: int, *, kw=default, ...) -> nn.Module`; its keyword
 defaults are the model's documented parameters (`model_params`), so spec validation and the `runner
 models` listing read them from the signature instead of keeping a second copy.
@@ -70,16 +72,15 @@ def model_params(name: str) -> dict[str, Any]:
 
 
 def validate(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Run every check `build` runs, without building: name, keywords, value types and ranges."""
+    """The one check of a model config (the spec schema calls it): name, keywords, value types and ranges."""
     _checked_kwargs(name, kwargs)
 
 
 def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build model `name` with `num_classes` outputs; keywords left out take the builder's defaults."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    full = _checked_kwargs(name, kwargs)
-    return _MODELS[name](num_classes, **full)
+    """Build model `name` with `num_classes` outputs; keywords left out take the builder's defaults.
+
+    Does not check the values again: configs reach it through the spec schema, which ran `validate`."""
+    return _builder(name)(num_classes, **kwargs)
 
 
 def count_params(model: nn.Module) -> int:

@@ -66,7 +66,6 @@ def efficientnet(num_classes: int, *, width: float = 1.0, depth: float = 1.0, dr
     from timm.models._efficientnet_builder import decode_arch_def, round_channels
     from timm.models.efficientnet import EfficientNet
 
-    _check_efficientnet(width, depth, dropout, drop_connect, stem)
     round_chs_fn = partial(round_channels, multiplier=width, divisor=8)
     model = EfficientNet(
         block_args=decode_arch_def(_arch_def(stem), depth),

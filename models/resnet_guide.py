@@ -64,5 +64,4 @@ def _check_resnet_guide(width: int) -> None:
 @register_model(check=_check_resnet_guide)
 def resnet_guide(num_classes: int, *, width: int = 64) -> CifarResNet:
     """CIFAR ResNet-18 with base width `width` (PyTorch default init, as in the guide)."""
-    _check_resnet_guide(width)
     return CifarResNet((2, 2, 2, 2), width, num_classes)

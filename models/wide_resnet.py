@@ -115,12 +115,10 @@ def _check_wrn(depth: int, width: int, dropout: float) -> None:
 @register_model(check=_check_wrn)
 def wrn(num_classes: int, *, depth: int = 16, width: int = 4, dropout: float = 0.0) -> WideResNet:
     """davda54/sam layout: n+1 units per group, n = (depth - 4) / 6; zero-initialised classifier."""
-    _check_wrn(depth, width, dropout)
     return WideResNet(depth, width, dropout, num_classes, layout="davda54")
 
 
 @register_model(check=_check_wrn)
 def wrn_std(num_classes: int, *, depth: int = 16, width: int = 4, dropout: float = 0.0) -> WideResNet:
     """Standard (Zagoruyko & Komodakis / xternalz) layout: n units per group."""
-    _check_wrn(depth, width, dropout)
     return WideResNet(depth, width, dropout, num_classes, layout="standard")

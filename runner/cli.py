@@ -4,6 +4,7 @@
     runner data prepare kaggle:DIR data/cifar10-mini
     runner train --data data/cifar10-mini --model wrn --depth 16 --width 4 --epochs 1
     runner check experiments/*.yaml
+    runner schema > experiments/spec.schema.json
     runner run experiments/smoke.yaml
     runner register SPEC_NAME | runner submit ... | runner score SUB SOLUTION | runner report SPEC_NAME
 
@@ -76,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+")
     _spec_overrides(p)
     p.set_defaults(handler=_check)
+
+    p = commands.add_parser("schema", help="print the JSON Schema of a spec file (editors complete and check specs)")
+    p.set_defaults(handler=_schema)
 
     p = commands.add_parser("run", help="run a spec as a Ray Tune grid of Ray Train trials")
     p.add_argument("spec")
@@ -231,11 +235,22 @@ def _check(args: argparse.Namespace) -> int:
             model = " ".join(f"{k}={v}" for k, v in cfg["model"].items())
             s = cfg["scaling"]
             rows.append((trial.name, model, f"{verdict.params:,}", f"{classes}{source}", within,
-                         f"{s['workers']}x(cpu {s['cpus_per_worker']:g}, gpu {s['gpus_per_worker']:g})",
+                         f"{s['workers']}x(cpu {s['cpus_per_worker']:g}, gpu {_amount(s['gpus_per_worker'])})",
                          str(cfg["train"]["epochs"])))
         print(report.text_table(("trial", "model", "params", "classes", "in budget", "workers", "epochs"), rows),
               end="")
     return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from runner.spec.export import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def _amount(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -45,9 +45,14 @@ class TrialNeed:
         return text
 
 
+def gpus(scaling: dict) -> float:
+    """GPUs per worker as a number. "auto" counts as 0 until the engine resolves it from the cluster."""
+    value = scaling["gpus_per_worker"]
+    return 0.0 if value == "auto" else value
+
+
 def need_of(name: str, scaling: dict) -> TrialNeed:
-    return TrialNeed(name, scaling["trial_cpus"], scaling["workers"], scaling["cpus_per_worker"],
-                     scaling["gpus_per_worker"])
+    return TrialNeed(name, scaling["trial_cpus"], scaling["workers"], scaling["cpus_per_worker"], gpus(scaling))
 
 
 def plan_concurrency(needs: list[TrialNeed], cluster: dict[str, float], requested: int | None = None) -> int:

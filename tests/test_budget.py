@@ -5,7 +5,6 @@ Run: .venv/bin/pytest tests/test_budget.py
 
 import pytest
 
-from models import ModelConfigError
 from runner.core import budget
 
 CAP = 5_000_000
@@ -68,21 +67,3 @@ def test_nearest_under_cap_returns_a_fitting_config_itself_and_none_when_nothing
     verdict = budget.check({"name": "wrn", "depth": 10, "width": 1}, 10, 1_000)
     assert not verdict.within and verdict.suggestion is None
     assert "nothing in the searched neighbourhood fits" in verdict.message()
-
-
-@pytest.mark.parametrize("bad,match", [
-    ({"max_params": CAP}, "exactly the keys max_params and mode"),
-    ({"max_params": CAP, "mode": "warn"}, "budget.mode 'warn' is not one of enforce, flag"),
-    ({"max_params": 5e6, "mode": "enforce"}, "budget.max_params must be a positive integer"),
-    ({"max_params": CAP, "mode": "flag", "extra": 1}, "exactly the keys"),
-])
-def test_malformed_budget_is_refused(bad: dict, match: str) -> None:
-    with pytest.raises(budget.BudgetError, match=match.replace("(", r"\(").replace(".", r"\.")):
-        budget.enforce({"name": "wrn"}, 10, bad)
-
-
-def test_bad_model_config_surfaces_the_model_error() -> None:
-    with pytest.raises(ModelConfigError, match="nearest: 16 or 22"):
-        budget.enforce({"name": "wrn", "depth": 18}, 10, ENFORCE)
-    with pytest.raises(ModelConfigError, match="'name' key"):
-        budget.check({"depth": 16}, 10, CAP)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+import json
 import textwrap
+from pathlib import Path
 
+import jsonschema
 import pytest
 
-from runner import spec
+from runner import resources, spec
 from runner.cli import main
 
 
@@ -110,6 +113,16 @@ runs:
     (BASE + "runs:\n  - {optimizer.lr: 0.1}\n", ["needs a `name:`"]),
     (BASE + "grid:\n  optimizer.lr: 0.1\n", ["field grid.optimizer.lr", "non-empty list"]),
     (BASE + "runs:\n  - {name: r1, scaling.gpus_per_worker: 1.5}\n", ["field scaling.gpus_per_worker", "whole"]),
+    (BASE + "runs:\n  - {name: r1, scaling.gpus_per_worker: all}\n", ["field scaling.gpus_per_worker", '"auto"']),
+    (BASE + "runs:\n  - {name: r1, model.depht: 16}\n", ["field model.depht", "did you mean 'depth'", "width"]),
+    (BASE + "runs:\n  - {name: r1, optimizer.betas: [0.9]}\n", ["field optimizer.betas", "exactly 2 items"]),
+    (BASE + "runs:\n  - {name: r1, schedule.fractions: [0.5, 1.5]}\n", ["field schedule.fractions[1]", "< 1"]),
+    (BASE + "runs:\n  - {name: r1, optimizer.lr: .nan}\n", ["field optimizer.lr", "finite"]),
+    (BASE + "runs:\n  - {name: r1, train.epochs: null}\n", ["field train.epochs", "must not be empty"]),
+    (BASE + "runs:\n  - {name: r1, optimizer.momentum: 1}\n", ["field optimizer.momentum", "in [0, 1) (got 1)"]),
+    (BASE + "runs:\n  - {name: r1, augment.mixup: 1.0}\n", ["field augment.mixup", "unknown key", "cutout"]),
+    (BASE + "runs:\n  - {name: r1, augment.crop_padding: 4.5}\n", ["field augment.crop_padding", "an integer"]),
+    (BASE + "runs:\n  - {name: r1, checkpoint: 3}\n", ["field checkpoint", "must be a mapping"]),
 ])
 def test_each_rule_refuses_with_location(tmp_path, text, fragments):
     refuse(tmp_path, text, *fragments)
@@ -125,7 +138,8 @@ def test_every_shipped_spec_passes_runner_check(capsys):
     assert {"experiments/smoke.yaml", "experiments/m1_wrn_grid.yaml", "experiments/m4_effnet_series.yaml"} <= set(files)
     assert main(["check", *files]) == 0
     out = capsys.readouterr().out
-    assert "4,298,970" not in out or "WRN-16-4" in out
+    wrn16_4 = next(line for line in out.splitlines() if line.startswith("WRN-16-4 "))
+    assert "4,322,100" in wrn16_4 and "100 (spec)" in wrn16_4  # davda54 16-4 at CIFAR-100's 100 classes
     assert "E9" in out and "6,641,284" in out and "NO (flag)" in out  # over the cap, flagged as the spec says
 
 
@@ -150,3 +164,62 @@ def test_check_refuses_an_over_cap_row_under_enforce(tmp_path, capsys):
     assert main(["check", path]) == 2  # data: built-in synthetic, 10 classes
     err = capsys.readouterr().err
     assert "row 'big'" in err and "6,525,994" in err and "5,000,000" in err and "nearest under the cap" in err
+
+
+def test_a_float_field_takes_an_int_and_stores_a_float(tmp_path):
+    config = spec.load_spec(write(tmp_path, BASE + "runs:\n  - {name: r1, optimizer.lr: 1}\n")).trials[0].config
+    assert config["optimizer"]["lr"] == 1.0 and isinstance(config["optimizer"]["lr"], float)
+    assert isinstance(config["train"]["epochs"], int)
+
+
+def test_gpus_per_worker_is_auto_by_default_and_auto_counts_as_no_gpu_until_resolved(tmp_path):
+    values = (("b", "auto"), ("c", 0.5), ("d", 2))
+    rows = ["{name: a}"] + [f"{{name: {n}, scaling.gpus_per_worker: {v}}}" for n, v in values]
+    path = write(tmp_path, BASE + "runs:\n" + "".join(f"  - {row}\n" for row in rows))
+    scaling = {t.name: t.config["scaling"] for t in spec.load_spec(path).trials}
+    assert [s["gpus_per_worker"] for s in scaling.values()] == ["auto", "auto", 0.5, 2.0]
+    assert [resources.gpus(s) for s in scaling.values()] == [0.0, 0.0, 0.5, 2.0]
+    assert resources.need_of("a", scaling["a"]).gpus == 0 and resources.need_of("d", scaling["d"]).gpus == 2
+
+
+def test_runner_schema_matches_the_committed_file(capsys):
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    committed = Path("experiments/spec.schema.json").read_text()
+    assert printed == committed, "stale: run `runner schema > experiments/spec.schema.json`"
+    jsonschema.Draft202012Validator.check_schema(json.loads(committed))
+
+
+def test_every_shipped_spec_points_its_editor_at_the_schema():
+    for path in sorted(glob.glob("experiments/*.yaml")):
+        assert Path(path).read_text().splitlines()[0] == "# yaml-language-server: $schema=spec.schema.json", path
+
+
+def _editor() -> jsonschema.Draft202012Validator:
+    """What an editor's YAML plugin does with the first line: validate the document against the file."""
+    return jsonschema.Draft202012Validator(json.loads(Path("experiments/spec.schema.json").read_text()))
+
+
+def test_editor_validation_accepts_every_shipped_spec():
+    for path in sorted(glob.glob("experiments/*.yaml")):
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in _editor().iter_errors(spec.load_yaml_file(path))]
+        assert errors == [], (path, errors)
+
+
+@pytest.mark.parametrize("where, patch, complaint", [
+    ("base", {"optimizer": {"lrr": 0.1}}, "'lrr' was unexpected"),
+    ("base", {"optimizer.lrr": 0.1}, "'optimizer.lrr' was unexpected"),
+    ("base", {"model": {"name": "wrn", "stem": "cifar"}}, "'stem' was unexpected"),  # efficientnet's key, not wrn's
+    ("base", {"trian": {"epochs": 1}}, "'trian' was unexpected"),
+    ("base", {"train": {"epochs": 2.5}}, "not of type 'integer'"),
+    ("row", {"optimizer.lr": -1}, "minimum of 0"),
+    ("row", {"scaling": {"gpus_per_worker": "all"}}, "not valid under any of the given schemas"),
+    ("row", {"model.name": "vit"}, "is not one of"),
+    ("top", {"runz": []}, "'runz' was unexpected"),
+])
+def test_editor_validation_rejects_a_typo(where, patch, complaint):
+    doc = spec.load_yaml_file("experiments/smoke.yaml")
+    target = {"base": doc["base"], "row": doc["runs"][0], "top": doc}[where]
+    target.update(patch)
+    messages = [e.message for e in _editor().iter_errors(doc)]
+    assert any(complaint in m for m in messages), messages

@@ -31,16 +31,14 @@ from typing import Any
 import torch
 
 import models
-from models import ModelConfigError
 
-MODES = ("enforce", "flag")
 _WRN_OTHER_LAYOUT = {"wrn": "wrn_std", "wrn_std": "wrn"}
 _SHOWN_KEYS = ("depth", "width")  # what the search varies, so what a suggestion names
 _EFFNET_WIDTH_STEP = 0.05
 
 
 class BudgetError(ValueError):
-    """A model over the parameter cap in enforce mode, or a malformed budget block."""
+    """A model over the parameter cap in enforce mode."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,6 @@ def count(model_cfg: Mapping[str, Any], num_classes: int) -> int:
 
 def check(model_cfg: Mapping[str, Any], num_classes: int, max_params: int) -> Verdict:
     """Count `model_cfg` and compare with `max_params`; over the cap, look for the nearest fit."""
-    _check_cap(max_params)
     params = count(model_cfg, num_classes)
     if params <= max_params:
         return Verdict(params, max_params, True, None)
@@ -89,7 +86,6 @@ def nearest_under_cap(model_cfg: Mapping[str, Any], num_classes: int, max_params
     Returns `model_cfg` itself (as a new dict) when it already fits, and None when nothing searched fits.
     Other keys of `model_cfg` (dropout, stem, ...) are carried over unchanged.
     """
-    _check_cap(max_params)
     name, _ = _split(model_cfg)
     if count(model_cfg, num_classes) <= max_params:
         return dict(model_cfg)
@@ -105,21 +101,12 @@ def nearest_under_cap(model_cfg: Mapping[str, Any], num_classes: int, max_params
 
 
 def enforce(model_cfg: Mapping[str, Any], num_classes: int, budget: Mapping[str, Any]) -> Verdict:
-    """Apply `budget` = {"max_params": int, "mode": "enforce" | "flag"}.
+    """Apply the validated `budget` group = {"max_params": int, "mode": "enforce" | "flag"}.
 
     enforce: raise BudgetError naming the count, the cap and the nearest fit when over the cap.
     flag: return the verdict (within=False when over) so the run goes ahead, marked out of budget.
     """
-    allowed = {"max_params", "mode"}
-    if not isinstance(budget, Mapping) or set(budget) != allowed:
-        got = sorted(budget) if isinstance(budget, Mapping) else repr(budget)
-        raise BudgetError(f"budget must have exactly the keys max_params and mode, got {got}")
-    if budget["mode"] not in MODES:
-        raise BudgetError(f"budget.mode {budget['mode']!r} is not one of {', '.join(MODES)}")
-    try:
-        verdict = check(model_cfg, num_classes, budget["max_params"])
-    except BudgetError as err:
-        raise BudgetError(f"budget.{err}") from None
+    verdict = check(model_cfg, num_classes, budget["max_params"])
     if not verdict.within and budget["mode"] == "enforce":
         raise BudgetError(f"model {describe(model_cfg)}: {verdict.message()}; "
                           "or set budget.mode: flag to train it anyway, marked out of budget")
@@ -134,14 +121,7 @@ def describe(model_cfg: Mapping[str, Any], keys: tuple[str, ...] | None = None) 
 
 
 def _split(model_cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    if not isinstance(model_cfg, Mapping) or "name" not in model_cfg:
-        raise ModelConfigError(f"a model config is a mapping with a 'name' key, got {model_cfg!r}")
     return model_cfg["name"], {k: v for k, v in model_cfg.items() if k != "name"}
-
-
-def _check_cap(max_params: Any) -> None:
-    if isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 1:
-        raise BudgetError(f"max_params must be a positive integer, got {max_params!r}")
 
 
 def _candidates(model_cfg: Mapping[str, Any]) -> Iterator[dict]:

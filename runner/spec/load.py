@@ -3,7 +3,7 @@
 The only module that reads YAML. A spec file holds `name`, a `base` trial config, and a matrix:
 `grid:` (cartesian axes over dotted keys) and/or `runs:` (named rows overriding `base`), plus
 `reported:` figures copied from the original report. Every resolved trial is a complete nested
-dict of plain values, validated by `runner/schema.py` (which holds every default).
+dict of plain values, validated by `runner/spec/schema.py` (which holds every default).
 
     spec = load_spec("experiments/m1_wrn_grid.yaml", overrides=["train.epochs=2"])
     for trial in spec.trials: trial.name, trial.config, trial.reported

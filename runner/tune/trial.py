@@ -19,7 +19,7 @@ import ray.tune
 import torch.distributed
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from runner import data
+from runner import data, resources
 from runner.core import checkpoint, train
 
 METRIC, MODE = "val_acc", "max"
@@ -79,13 +79,14 @@ def trial_driver(config: dict) -> None:
     # and teardown 5.0 s -> 0.6 s). It reads this from the process that calls fit(): this one.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     workers = {"CPU": scaling["cpus_per_worker"]}
-    if scaling["gpus_per_worker"]:
-        workers["GPU"] = scaling["gpus_per_worker"]
+    gpus = resources.gpus(scaling)
+    if gpus:
+        workers["GPU"] = gpus
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling["workers"],
-                                               use_gpu=bool(scaling["gpus_per_worker"]),
+                                               use_gpu=bool(gpus),
                                                resources_per_worker=workers,
                                                placement_strategy=scaling["placement"]),
         run_config=ray.train.RunConfig(
