@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # MLflow's artifact progress bars are carriage-return noise in `ray job logs` and CI output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from runner import storage
+
+    storage.share_endpoint(os.environ)  # one S3 endpoint for MLflow, pyarrow and Ray, before any of them starts
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE

@@ -22,8 +22,10 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "runner.keys": (set(), set()),
     "runner.masking": (set(), {"runner.keys"}),
     "runner.resources": (set(), set()),
+    "runner.storage": ({"pyarrow"}, {"runner.files", "runner.masking"}),
     "runner.report": ({"matplotlib", "numpy"}, set()),
-    "runner.data": ({"numpy", "pyarrow", "PIL", "torch", "torchvision"}, {"runner.data", "runner.files"}),
+    "runner.data": ({"numpy", "pyarrow", "PIL", "torch", "torchvision"},
+                    {"runner.data", "runner.files", "runner.storage"}),
     "runner.core": ({"torch", "numpy"}, {"models", "runner.core", "runner.data", "runner.files"}),
     "runner.spec": ({"yaml", "pydantic"}, {"models", "runner.spec", "runner.core", "runner.keys", "runner.data"}),
     "runner.tracking": ({"mlflow", "torch", "numpy", "pandas"},
@@ -32,7 +34,8 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "runner.submission": ({"torch"}, {"runner.core", "runner.data", "runner.files", "runner.tracking"}),
     "runner.tune": ({"ray", "pyarrow", "torch"},
                     {"runner.tune", "runner.core", "runner.data", "runner.spec", "runner.tracking", "runner.resources",
-                     "runner.report", "runner.files", "runner.keys", "runner.masking", "runner.submission"}),
+                     "runner.report", "runner.files", "runner.keys", "runner.masking", "runner.submission",
+                     "runner.storage"}),
     "runner.cli": (None, None),  # the front door may import anything; nothing may import it
     "runner.__main__": (set(), {"runner.cli"}),
     "runner": (set(), set()),  # runner/__init__.py

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import time
 
-from runner import data, files, report, resources, spec
+from runner import data, report, resources, spec
+from runner import storage as store
 from runner.core import budget
+from runner.masking import redact
 from runner.tracking import queries
 from runner.tracking.tracker import Tracker, install_signal_handlers
 from runner.tune import callbacks, cluster, tuner
@@ -25,8 +27,8 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
              storage: str | None, resume: str | None, num_cpus: float | None, register_as: str | None,
              submission: str | None, tta: int) -> int:
     loaded = spec.load_spec(path, overrides)
-    verdicts = _preflight(loaded)
     storage = _storage(storage)
+    verdicts = _preflight(loaded, storage)
     experiment = _experiment_name(loaded.name, storage, resume)
     with Tracker(loaded.name) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
         restore_signals = install_signal_handlers(tracker)
@@ -48,11 +50,15 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     return 0
 
 
-def _preflight(loaded: spec.Spec) -> dict[str, budget.Verdict]:
-    """Data readable, every trial within budget (or flagged) and RAY_ADDRESS answering, before any
-    process starts or anything is written. Each data set's meta.json is read once; returns each
-    trial's budget verdict (its real parameter count)."""
+def _preflight(loaded: spec.Spec, storage: str) -> dict[str, budget.Verdict]:
+    """Data readable, every trial within budget (or flagged), RAY_ADDRESS answering and the storage
+    writable, before any process starts or anything is written. Each data set's meta.json is read once;
+    returns each trial's budget verdict (its real parameter count)."""
     cluster.probe_ray_address()
+    try:
+        store.check(storage, write=True)
+    except store.StorageError as err:
+        raise store.StorageError(f"storage (--storage or RUNNER_STORAGE) {err}") from err
     metas: dict[str, data.Meta] = {}
     verdicts = {}
     for trial in loaded.trials:
@@ -60,9 +66,10 @@ def _preflight(loaded: spec.Spec) -> dict[str, budget.Verdict]:
         path = trial.config["data"]["path"]
         if path not in metas:
             try:
+                store.check(path, write=False)  # an unreachable endpoint fails in seconds, not minutes
                 metas[path] = data.read_meta(path)
-            except data.DataError as err:
-                raise data.DataError(f"{where}: field data.path: {err}") from err
+            except (data.DataError, store.StorageError) as err:
+                raise type(err)(f"{where}: field data.path: {err}") from err
         try:
             verdicts[trial.name] = budget.enforce(trial.config["model"], metas[path].num_classes,
                                                   trial.config["budget"])
@@ -109,34 +116,30 @@ def _budget_tags(verdict: budget.Verdict) -> dict:
 
 def _storage(storage: str | None) -> str:
     chosen = storage or os.environ.get("RUNNER_STORAGE") or DEFAULT_STORAGE
-    return chosen if "://" in chosen else os.path.abspath(chosen)
+    return chosen if store.is_remote(chosen) else os.path.abspath(chosen.removeprefix("file://"))
 
 
 def _experiment_name(spec_name: str, storage: str, resume: str | None) -> str:
     if resume is None:
         return f"{spec_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs = store.subfolders(storage)  # local or in the bucket: the storage is the record of what ran
     if resume != "latest":
-        if "://" not in storage and not os.path.isdir(os.path.join(storage, resume)):
-            raise spec.SpecError("--resume", f"no experiment {resume!r} under {storage}; name one of its folders "
-                                             "(or pass the --storage it ran with)")
+        if resume not in runs:
+            raise spec.SpecError("--resume", f"no experiment {resume!r} under {redact(storage)}; name one "
+                                             "of its folders (or pass the --storage it ran with)")
         return resume
-    if "://" in storage:
-        raise spec.SpecError("--resume", "name the experiment to resume when storage is remote "
-                                         f"(--resume {spec_name}-YYYYmmdd-HHMMSS)")
-    candidates = sorted(d for d in os.listdir(storage) if d.startswith(f"{spec_name}-")) \
-        if os.path.isdir(storage) else []
+    candidates = [d for d in runs if d.startswith(f"{spec_name}-")]
     if not candidates:
-        raise spec.SpecError("--resume", f"no earlier run of {spec_name!r} under {storage}; run it without "
+        raise spec.SpecError("--resume", f"no earlier run of {spec_name!r} under {redact(storage)}; run it without "
                                          "--resume, or pass the --storage it ran with")
     return candidates[-1]
 
 
 def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
+    """Beside Tune's state (a local folder or the bucket); a kill leaves the old file or the new one."""
     target = f"{storage}/{experiment}/results.csv"
-    if "://" in storage:
-        return target  # the same table is in MLflow; remote storage is written by Ray only
-    files.atomic_write_text(target, report.to_csv_text(table) or "trial\n")  # a kill leaves old or new
-    return target
+    store.write_text(target, report.to_csv_text(table) or "trial\n")
+    return redact(target)
 
 
 def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, tta: int) -> None:

@@ -1,0 +1,143 @@
+"""The storage path on a real S3 endpoint: moto's S3 server on 127.0.0.1 (tests/conftest.py `s3`), reached
+through the standard AWS variables only, as MinIO or AWS would be; no mock object anywhere.
+
+- runner/storage.py against the endpoint: plain s3:// URIs, the endpoint variables and their order;
+- the failure modes (missing bucket, refused credentials, unreachable or silent endpoint), met through
+  `runner run`: refused within seconds, naming the URI (credentials masked) and the fix, before Ray starts;
+- a data set on s3:// read shard by shard;
+- (marked ray/slow) `runner run --storage s3://...` end to end with `mlflow server --artifacts-destination s3://...`.
+
+Run: .venv/bin/pytest tests/test_storage.py -m "not ray"    (the Ray test: under flock /tmp/ray-test.lock)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner import cli, storage
+
+SPEC = """
+name: on_s3
+base:
+  data: {path: "synthetic:200", val_fraction: 0.25}
+  model: {name: wrn_std, depth: 10, width: 1}
+  train: {epochs: 1, batch_size: 32}
+  scaling: {workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.5}
+"""
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers (a hung proxy, a firewall that holds)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# ---------------------------------------------------------------- endpoint resolution
+def test_endpoint_variables_in_the_order_boto3_and_pyarrow_read_them() -> None:
+    assert storage.endpoint({}) is None  # AWS itself
+    assert storage.endpoint({"MLFLOW_S3_ENDPOINT_URL": "http://m"}) == "http://m"
+    assert storage.endpoint({"AWS_ENDPOINT_URL": "http://a", "MLFLOW_S3_ENDPOINT_URL": "http://m"}) == "http://a"
+    assert storage.endpoint({"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://s"}) == "http://s"
+    env = {"MLFLOW_S3_ENDPOINT_URL": "http://m"}
+    storage.share_endpoint(env)  # MLflow's variable alone: made every client's
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://m"
+    env = {"MLFLOW_S3_ENDPOINT_URL": "http://m", "AWS_ENDPOINT_URL": "http://a"}
+    storage.share_endpoint(env)  # the user chose an AWS endpoint: left alone
+    assert "AWS_ENDPOINT_URL_S3" not in env
+    assert not storage.is_remote("results") and not storage.is_remote("file:///tmp/x")
+    assert storage.is_remote("s3://bucket/x")
+
+
+def test_plain_s3_uris_reach_the_endpoint_named_in_the_environment(s3, tmp_path: Path) -> None:
+    base = s3.uri("runs")
+    storage.check(base, write=True)
+    assert s3.keys() == []  # the write probe is deleted again
+    storage.write_text(f"{base}/exp-1/results.csv", "trial\na\n")
+    storage.write_text(f"{base}/exp-2/results.csv", "trial\nb\n")
+    assert s3.keys() == ["runs/exp-1/results.csv", "runs/exp-2/results.csv"]  # seen by an independent client
+    assert storage.read_text(f"{base}/exp-2/results.csv") == "trial\nb\n"
+    assert storage.subfolders(base) == ["exp-1", "exp-2"] and storage.subfolders(s3.uri("nothing")) == []
+    assert storage.exists(f"{base}/exp-1") and not storage.exists(f"{base}/exp-3")
+
+    (tmp_path / "set").mkdir()
+    for name, text in (("a.bin", "a"), ("meta.json", "{}"), ("z.bin", "z")):
+        (tmp_path / "set" / name).write_text(text)
+    storage.upload_folder(str(tmp_path / "set"), s3.uri("data/set"), last="meta.json")
+    assert s3.keys("data") == ["data/set/a.bin", "data/set/meta.json", "data/set/z.bin"]
+
+
+def test_mlflow_endpoint_variable_alone_is_shared_with_pyarrow(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `runner` does at start-up (cli.main): MLflow's variable is enough for every client."""
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", os.environ.pop("AWS_ENDPOINT_URL"))
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    storage.share_endpoint(os.environ)
+    storage.write_text(s3.uri("shared/x.txt"), "x")
+    assert s3.keys() == ["shared/x.txt"]
+
+
+# ---------------------------------------------------------------- failure modes, met through `runner run`
+def _refused(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    """`runner run` refused with exit status 2 before Ray started, leaving nothing behind; its message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RUNNER_STORAGE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC))
+    before = set(os.listdir(tmp_path))
+    code = cli.main(["run", str(tmp_path / "spec.yaml"), "--no-register", "--num-cpus", "1", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("runner: error: ") and "Traceback" not in err, err
+    assert set(os.listdir(tmp_path)) == before  # no results folder, no MLflow store
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+    return err
+
+
+def test_missing_bucket_is_refused_naming_it_and_how_to_create_it(s3, tmp_path, capsys, monkeypatch) -> None:
+    err = _refused(tmp_path, capsys, monkeypatch, "--storage", "s3://no-such-bucket-here/runs")
+    for fragment in ("--storage or RUNNER_STORAGE", "s3://no-such-bucket-here/runs", "bucket 'no-such-bucket-here'",
+                     "does not exist", f"the S3 endpoint {s3.server.uri}",
+                     f"aws --endpoint-url {s3.server.uri} s3 mb s3://no-such-bucket-here"):
+        assert fragment in err, err
+    # the data set's location is checked the same way, naming the spec's row and field
+    err = _refused(tmp_path, capsys, monkeypatch, "--storage", s3.uri("runs"), "--data", "s3://no-such-bucket-here/d")
+    assert "row 'base': field data.path: s3://no-such-bucket-here/d" in err and "does not exist" in err, err
+    assert s3.keys() == []
+
+
+def test_refused_credentials_are_named_and_masked(s3, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    err = _refused(tmp_path, capsys, monkeypatch, "--storage", s3.uri("runs"))
+    for fragment in (s3.uri("runs"), "refused the credentials", "ACCESS_DENIED", "AWS_ACCESS_KEY_ID",
+                     "instance profile"):
+        assert fragment in err, err
+    # keys written into the URI itself are accepted by pyarrow, and never shown
+    uri = f"s3://AKIAEXAMPLEKEY:written-in-the-uri@{s3.name}/runs"
+    err = _refused(tmp_path, capsys, monkeypatch, "--storage", uri)
+    assert f"s3://***@{s3.name}/runs" in err and "written-in-the-uri" not in err, err
+
+
+@pytest.mark.timeout(60)  # pyarrow's own defaults wait ~100 s on the silent endpoint
+def test_unreachable_and_silent_endpoints_fail_within_seconds(s3, silent_endpoint, tmp_path, capsys,
+                                                              monkeypatch) -> None:
+    for where in (f"http://127.0.0.1:{closed_port()}", silent_endpoint):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", where)
+        err = _refused(tmp_path, capsys, monkeypatch, "--storage", s3.uri("runs"))
+        for fragment in (s3.uri("runs"), f"cannot reach the S3 endpoint {where}", "AWS_ENDPOINT_URL"):
+            assert fragment in err, err
