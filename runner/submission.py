@@ -182,11 +182,10 @@ def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, t
     is already written)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, classes, mean, std = load_for_inference(model_uri, device)
-    meta = data.read_meta(data_path)
+    meta, split = data.load_test(data_path)  # an empty test split is an error, never a header-only CSV
     if list(meta.classes) != list(classes):
         raise SubmissionError(f"--model {model_uri} was trained on classes {classes[:5]}... but --data {data_path} "
                               f"has {meta.classes[:5]}...; submit with the data set the model was trained on")
-    split = data.load_split(data_path, "test")
     _, labels = predict(model, split, mean, std, tta=tta, batch_size=batch_size, device=device)
     path = write_submission(out, split.ids, labels, classes, meta.label_names_are_ints, order=meta.test_ids)
     try:

@@ -9,11 +9,14 @@ import re
 
 import numpy as np
 
-from runner.data.sources import DataError, SourceData, SplitArrays
+from runner.data.sources import SourceData
+from runner.data.split import DataError, Split
 
 SYNTHETIC_SHAPES = ("disc", "square", "triangle", "ring", "plus")
 SYNTHETIC_FAMILIES = ("warm", "cool")
 SYNTHETIC_SEED = 20261130
+CLASSES = [f"{f}_{s}" for f in SYNTHETIC_FAMILIES for s in SYNTHETIC_SHAPES]
+IMAGE_SHAPE = (32, 32, 3)
 
 
 def synthetic_n(source: str) -> int:
@@ -28,13 +31,27 @@ def synthetic(n: int = 5000) -> SourceData:
 
     Deterministic (fixed seeds); ~0.1 s for n=5000. Test labels are kept so a submission can be scored.
     """
-    classes = [f"{f}_{s}" for f in SYNTHETIC_FAMILIES for s in SYNTHETIC_SHAPES]
     parts = []
-    for index, (name, count) in enumerate((("train", n), ("test", n // 5))):
+    for index, (name, count) in enumerate(_sizes(n)):
         rng = np.random.default_rng([SYNTHETIC_SEED, index])
-        labels = rng.permutation(np.arange(count) % len(classes)).astype(np.int64)  # balanced
-        parts.append(SplitArrays(_draw(rng, labels), labels, [f"{name}_{i:05d}" for i in range(count)]))
-    return SourceData(classes, parts[0], parts[1], None, False, f"synthetic:{n}")
+        labels = _labels(rng, count)
+        parts.append(Split.of(_draw(rng, labels), labels, [f"{name}_{i:05d}" for i in range(count)]))
+    return SourceData(list(CLASSES), parts[0], parts[1], None, False, f"synthetic:{n}")
+
+
+def synthetic_labels(n: int) -> dict[str, np.ndarray]:
+    """{"train": labels, "test": labels} exactly as `synthetic(n)` draws them, without drawing a pixel:
+    what the data set's metadata needs (1 ms instead of ~2 s for 50k images)."""
+    return {name: _labels(np.random.default_rng([SYNTHETIC_SEED, index]), count)
+            for index, (name, count) in enumerate(_sizes(n))}
+
+
+def _sizes(n: int) -> tuple[tuple[str, int], tuple[str, int]]:
+    return ("train", n), ("test", n // 5)
+
+
+def _labels(rng: np.random.Generator, count: int) -> np.ndarray:
+    return rng.permutation(np.arange(count) % len(CLASSES)).astype(np.int64)  # balanced
 
 
 def _hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
