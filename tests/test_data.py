@@ -459,3 +459,23 @@ def test_an_empty_stored_split_is_refused_when_loaded(tmp_path):
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="has an empty test split"):
         data.load_test(str(out))
+
+
+def test_verify_and_load_read_through_s3(s3, tmp_path):
+    """The same checks and loads on an S3-compatible server (moto on 127.0.0.1): one filesystem entry."""
+    from runner import storage
+
+    local = tmp_path / "ds"
+    data.prepare("synthetic:200", str(local))
+    uri = s3.uri("sets/ds")
+    storage.upload_folder(str(local), uri, last="meta.json")
+    meta = data.verify(uri)
+    assert meta == data.read_meta(str(local))
+    cfg = {"path": uri, "val_fraction": 0.2, "num_classes": None}
+    _, train, val = data.load_trial_data(cfg, 3, rank=1, world=2, meta=meta)
+    _, train_local, val_local = data.load_trial_data({**cfg, "path": str(local)}, 3, rank=1, world=2)
+    assert train.ids == train_local.ids and torch.equal(val.images, val_local.images)
+    _flip_middle(local / "train.parquet")
+    storage.upload_folder(str(local), uri, last="meta.json")
+    with pytest.raises(DataError, match=re.escape(f"{uri}/train.parquet does not match the sha256")):
+        data.verify(uri)
