@@ -1,6 +1,6 @@
 """The prepared data set format: write it once, atomically; parse its meta.json (runner/data/loader.py reads it).
 
-A prepared data set is a directory (local, or any pyarrow filesystem URI such as s3://bucket/x for reading):
+A prepared data set is a directory (local, or any pyarrow filesystem URI such as s3://bucket/x):
   train.parquet   columns id (string), image (binary: raw uint8 HWC bytes), label (int16; int32 past 32767 classes)
   test.parquet    same columns, rows in submission order; label -1 where the source has no test labels
   meta.json       classes, image_shape [H, W, C], counts, source, sha256 per file, test_ids, label_names_are_ints
@@ -10,6 +10,7 @@ generated in memory (no files), with the same content `prepare` would write.
 An empty split is never written: a source without test images has no test.parquet.
 
     runner data prepare kaggle:DIR OUT        # -> runner.data.prepare("kaggle:DIR", "OUT")
+    runner data prepare cifar100 s3://BUCKET/cifar100    # written locally, then uploaded, meta.json last
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import csv
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import BinaryIO
 
@@ -25,9 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from runner import storage
 from runner.data.sources import SourceData, read_source
 from runner.data.split import DataError, Split
 from runner.files import atomic_directory
+from runner.masking import redact
 
 FORMAT_VERSION = 1
 ROW_GROUP_SIZE = 1024  # rows per Parquet row group: the unit a shard reader fetches (3 MiB at 32x32x3)
@@ -60,10 +64,11 @@ def prepare(
     source: str, out: str, *, resize: bool = False, from_dir: str | None = None, overwrite: bool = False,
     size: int = 32, allow_rare_classes: bool = False,
 ) -> Meta:
-    """Read `source` and write the prepared set to local dir `out`; nothing is left behind on error. A class
-    far rarer than the others (a likely typo) is refused unless `allow_rare_classes`."""
-    if "://" in out and not out.startswith("file://"):
-        raise DataError(f"prepare writes local directories only, not {out}; prepare locally, then copy it")
+    """Read `source` and write the prepared set to dir `out` (local, or a URI such as s3://...); nothing is
+    left behind on error. A class far rarer than the others (a likely typo) is refused unless `allow_rare_classes`."""
+    if storage.is_remote(out):
+        return _prepare_remote(source, out, overwrite=overwrite, resize=resize, from_dir=from_dir, size=size,
+                               allow_rare_classes=allow_rare_classes)
     out = os.path.abspath(out.removeprefix("file://"))
     if os.path.lexists(out) and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
@@ -73,6 +78,18 @@ def prepare(
             return _write(data, tmp)
     except FileExistsError as err:  # someone else created it while we were reading the source
         raise DataError(f"{out} already exists; pass --overwrite to replace it") from err
+
+
+def _prepare_remote(source: str, out: str, *, overwrite: bool, **options: object) -> Meta:
+    """The store is checked first (seconds, before the source is read); the set is written to a local temp
+    folder, then uploaded with meta.json last, which readers need first: none sees a half-uploaded set."""
+    storage.check(out, write=True)
+    if storage.exists(f"{out}/meta.json") and not overwrite:
+        raise DataError(f"{redact(out)} already exists; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory(prefix="prepare-") as local:
+        meta = prepare(source, os.path.join(local, "set"), **options)
+        storage.upload_folder(os.path.join(local, "set"), out, last="meta.json")
+    return meta
 
 
 def _write(data: SourceData, d: str) -> Meta:
