@@ -7,7 +7,7 @@ Reads a model (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/ID[/model]`,
     runner submit --model models:/cifar-submission@champion --data data/cifar10-mini --out submission.csv --tta 4
     runner score submission.csv solution.csv
 
-MLflow is reached only through `runner.registry`, imported when the model URI needs it.
+MLflow is reached only through `runner.tracking.registry`, imported when the model URI needs it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""runner/submit.py: TTA predictions, the atomic submission CSV, and scoring (no MLflow needed here)."""
+"""runner/submission.py: TTA predictions, the atomic submission CSV, and scoring (no MLflow needed here)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from runner.data.split import DataError, Split
 
 # ---------------------------------------------------------------- cifar10 / cifar100
 def cifar(kind: str, from_dir: str | None) -> SourceData:
-    import torchvision  # here, not at the top: ~1 s to import, and only these sources need it
+    import torchvision  # here, not at the top: slow to import, and only these sources need it
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[kind]
     with tempfile.TemporaryDirectory(prefix=f"runner-{kind}-") as tmp:

@@ -29,7 +29,7 @@ def synthetic_n(source: str) -> int:
 def synthetic(n: int = 5000) -> SourceData:
     """The built-in set: n train + n//5 test 32x32 RGB images, 10 classes = colour family x shape.
 
-    Deterministic (fixed seeds); ~0.1 s for n=5000. Test labels are kept so a submission can be scored.
+    Deterministic (fixed seeds); cheap (docs/benchmarks.md). Test labels are kept so a submission can be scored.
     """
     parts = []
     for index, (name, count) in enumerate(_sizes(n)):
@@ -41,7 +41,7 @@ def synthetic(n: int = 5000) -> SourceData:
 
 def synthetic_labels(n: int) -> dict[str, np.ndarray]:
     """{"train": labels, "test": labels} exactly as `synthetic(n)` draws them, without drawing a pixel:
-    what the data set's metadata needs (1 ms instead of ~2 s for 50k images)."""
+    what the data set's metadata needs, at a tiny fraction of the cost of drawing the images."""
     return {name: _labels(np.random.default_rng([SYNTHETIC_SEED, index]), count)
             for index, (name, count) in enumerate(_sizes(n))}
 
@@ -82,7 +82,7 @@ def _draw(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
         _hsv(fg_hue, u01(0.45, 1.0), u01(0.45, 1.0)),
     ], 1).astype(np.float32)
     out = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    chunk = 256  # ~3 MiB float32 temporaries: they stay in cache/heap instead of page-faulting (2x faster)
+    chunk = 256  # ~3 MiB float32 temporaries: they stay in cache/heap instead of page-faulting
     for lo in range(0, n, chunk):
         c = {k: v[lo:lo + chunk] for k, v in p.items()}
         noise = np.frombuffer(rng.bytes(len(c["shape"]) * 32 * 32 * 3), np.uint8).reshape(-1, 32, 32, 3)

@@ -3,9 +3,9 @@
 `verify(path)` parses meta.json, opens each split's Parquet footer (columns, row count against
 meta.json) and hashes each file against the sha256 meta.json recorded at prepare time, so a corrupt or
 replaced train.parquet is refused in the driver instead of failing inside every Ray worker after the
-grid has started. The full hash is affordable: 0.17-0.19 s for the 155 MB train.parquet of a 50k-image
-set on the 2-core CI machine (`python bench/verify.py`; docs/benchmarks.md), about a tenth of one tiny
-trial's start-up. `check_num_classes` compares the spec's `data.num_classes` with the data set.
+grid has started. The full hash is affordable: a small fraction of one trial's start-up
+(`python bench/verify.py`; figures in docs/benchmarks.md). `check_num_classes` compares the spec's
+`data.num_classes` with the data set.
 
     meta = verify("data/cifar10-mini")           # DataError naming the file and the fix
     check_num_classes(meta, 10, "data/cifar10-mini")
