@@ -3,7 +3,7 @@
 The spec is generated (8 rows of `optimizer.lr`, wrn_std-10-1 on the built-in synthetic set, 1 Train worker
 per trial at 0.5 CPU plus a 0.5 CPU trial driver, so 2 trials run at once on 2 cores; `--data DIR` for a
 prepared set). Both sides run in this one invocation, direct first:
-  direct: each trial's `runner.core.train.fit` in this process, one after another, with the torch threads a Ray
+  direct: each trial's `runner.train.fit` in this process, one after another, with the torch threads a Ray
           worker of that size gets (1), saving a checkpoint every epoch like the Ray path does;
           the figure compared is sum(trial times) / concurrency;
   runner: `python -m runner run SPEC --num-cpus N --no-register` in a subprocess (local Ray, MLflow in a temp
@@ -94,7 +94,9 @@ def trial_driver(config):
     import torch
     from runner import data
     from runner.core import checkpoint, train
-    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"])
+    meta = data.read_meta(cfg["data"]["path"])
+    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
+                                                   val_fraction=cfg["data"]["val_fraction"], seed=cfg["train"]["seed"])
     resume = None
     if (checkpoint := ray.tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
@@ -134,7 +136,10 @@ def run_direct(trials: list[spec.Trial], threads: int, directory: str) -> list[f
     for trial in trials:
         cfg = trial.config
         started = time.perf_counter()
-        meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"])
+        meta = data.read_meta(cfg["data"]["path"])
+        train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
+                                                       val_fraction=cfg["data"]["val_fraction"],
+                                                       seed=cfg["train"]["seed"])
         out = os.path.join(directory, trial.name)
         train.fit(cfg, train_split, val_split, meta.classes,
                   lambda metrics, state, out=out: checkpoint.save(state(), out), device=torch.device("cpu"))

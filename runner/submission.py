@@ -7,7 +7,7 @@ Reads a model (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/ID[/model]`,
     runner submit --model models:/cifar-submission@champion --data data/cifar10-mini --out submission.csv --tta 4
     runner score submission.csv solution.csv
 
-MLflow is reached only through `runner.tracking.registry`, imported when the model URI needs it.
+MLflow is reached only through `runner.registry`, imported when the model URI needs it.
 """
 
 from __future__ import annotations
@@ -182,10 +182,11 @@ def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, t
     is already written)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, classes, mean, std = load_for_inference(model_uri, device)
-    meta, split = data.load_test(data_path)  # an empty test split is an error, never a header-only CSV
+    meta = data.read_meta(data_path)
     if list(meta.classes) != list(classes):
         raise SubmissionError(f"--model {model_uri} was trained on classes {classes[:5]}... but --data {data_path} "
                               f"has {meta.classes[:5]}...; submit with the data set the model was trained on")
+    split = data.load_split(data_path, "test")
     _, labels = predict(model, split, mean, std, tta=tta, batch_size=batch_size, device=device)
     path = write_submission(out, split.ids, labels, classes, meta.label_names_are_ints, order=meta.test_ids)
     try:

@@ -1,4 +1,4 @@
-"""runner/tracking/registry.py: best in-budget trial -> registered version -> alias; the round trip to a submission.
+"""runner/registry.py: best in-budget trial -> registered version -> alias; the round trip to a submission.
 
 One module-scoped sqlite store holds a finished grid of three trials (good, worse, over budget); the
 first registration happens once in the fixture because `log_model` costs seconds (torch.export).

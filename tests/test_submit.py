@@ -1,4 +1,4 @@
-"""runner/submission.py: TTA predictions, the atomic submission CSV, and scoring (no MLflow needed here)."""
+"""runner/submit.py: TTA predictions, the atomic submission CSV, and scoring (no MLflow needed here)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_load_for_inference_from_checkpoint_path(tmp_path: Path) -> None:
 def test_make_submission_from_a_checkpoint_scores_against_synthetic_labels(tmp_path: Path) -> None:
     from runner import data
 
-    meta, test = data.load_test("synthetic:64")
+    meta, test = data.read_meta("synthetic:64"), data.load_split("synthetic:64", "test")
     net = models.build("wrn", len(meta.classes), depth=10, width=1)
     torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
                 "classes": meta.classes, "mean": [0.5] * 3, "std": [0.25] * 3}, tmp_path / "state.pt")

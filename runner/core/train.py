@@ -27,7 +27,7 @@ from runner.core import budget
 from runner.core.augment import Augment
 from runner.core.optim import SAM, build_optimizer
 from runner.core.schedule import EpochSchedule
-from runner.data import Split, channel_stats
+from runner.data import Split
 
 Reporter = Callable[[dict, Callable[[], dict]], None]
 EVAL_BATCH = 512
@@ -73,9 +73,7 @@ def fit(cfg: dict, train: Split, val: Split | None, classes: list[str], report: 
     net = _build_model(cfg, len(classes), device)
     train_x, train_y = _to_device(train, device)
     val_x, val_y = _to_device(val, device) if val is not None and len(val.ids) else (None, None)
-    # Statistics of the whole train split: each rank's histograms are summed over all ranks.
-    mean, std = (resume["mean"], resume["std"]) if resume else channel_stats(
-        train_x, dist.all_reduce if dist.is_initialized() else None)
+    mean, std = (resume["mean"], resume["std"]) if resume else _channel_stats(train_x)
     optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
     schedule = EpochSchedule(optimizer, cfg["schedule"], cfg["train"]["epochs"])
     start, best = 0, 0.0
@@ -110,7 +108,7 @@ def _epoch(run: _Run, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
     generator = _seed_epoch(run, epoch)
     lr = run.optimizer.param_groups[0]["lr"]
     train_sums = _train_epoch(run, train_x, train_y, generator)
-    val_sums, confusion = _evaluate(run, val_x, val_y)
+    val_sums, confusion = _evaluate(run, val_x, val_y, _eval_generator(run, epoch))
     sums = torch.cat([train_sums, val_sums])
     if run.world > 1:
         dist.all_reduce(sums)
@@ -177,9 +175,10 @@ def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor,
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, images: torch.Tensor | None,
-              labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss sum, correct, seen) and the confusion matrix (rows = true class) on the val split."""
+def _evaluate(run: _Run, images: torch.Tensor | None, labels: torch.Tensor | None,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss sum, correct, seen) and the confusion matrix (rows = true class) on the val split, scored
+    as the trial's `eval` group says."""
     c = run.num_classes
     sums = torch.zeros(2, device=run.device, dtype=torch.float64)
     confusion = torch.zeros(c * c, device=run.device, dtype=torch.int64)
@@ -187,15 +186,32 @@ def _evaluate(run: _Run, images: torch.Tensor | None,
         return torch.zeros(3, device=run.device, dtype=torch.float64), confusion.view(c, c)
     run.eval_model.eval()
     for start in range(0, len(labels), EVAL_BATCH):
-        x, y = run.augment.eval(images[start:start + EVAL_BATCH]), labels[start:start + EVAL_BATCH]
-        with _autocast(run):
-            logits = run.eval_model(x).float()
+        y = labels[start:start + EVAL_BATCH]
+        logits = _eval_logits(run, images[start:start + EVAL_BATCH], generator)
         predicted = logits.argmax(1)
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), (predicted == y).sum().double()])
         # index_add_, not bincount: CUDA's bincount reads the max back to the host (a sync per batch).
         confusion.index_add_(0, y * c + predicted, torch.ones_like(y))
     seen = torch.full((1,), float(len(labels)), dtype=torch.float64, device=run.device)
     return torch.cat([sums, seen]), confusion.view(c, c)
+
+
+def _eval_logits(run: _Run, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One view's logits, or the log of the softmax averaged over the eval views: cross-entropy and argmax
+    read both alike (log-softmax of log-probabilities that sum to 1 is the identity)."""
+    views = run.augment.views(images, run.cfg["eval"]["tta"], run.cfg["eval"]["views"], generator)
+    with _autocast(run):
+        outs = [run.eval_model(x).float() for x in views]
+    if len(outs) == 1:
+        return outs[0]
+    return torch.stack([out.softmax(1) for out in outs]).mean(0).clamp_min_(1e-12).log_()
+
+
+def _eval_generator(run: _Run, epoch: int) -> torch.Generator:
+    """Draws for `eval.tta: train_transforms`, apart from training's so that scoring never shifts them."""
+    generator = torch.Generator(device=run.device)
+    generator.manual_seed((run.cfg["train"]["seed"] * 1_000_003 + epoch * 1009 + run.rank + 500_009) % (2**63))
+    return generator
 
 
 def _autocast(run: _Run) -> torch.autocast:
@@ -256,7 +272,7 @@ def _distribute(net: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _channels_last(cfg: dict, device: torch.device) -> bool:
-    # Faster on CUDA tensor cores, and for WRN convs on CPU (oneDNN) too: docs/benchmarks.md.
+    # Faster on CUDA tensor cores, and measured 2.4x faster for WRN convs on this CPU (oneDNN) too.
     return cfg["train"]["channels_last"]
 
 
@@ -271,6 +287,25 @@ def _to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.
     # Pinned memory lets the one host-to-device copy of the data set run at full bus speed.
     images = split.images.pin_memory() if device.type == "cuda" else split.images
     return images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std in [0, 1] units over the whole train split (all ranks' shards).
+
+    Exact, from one 256-bin histogram per channel of the uint8 tensor already on the device (summed over
+    ranks): no float copy of the pixels. Float64 sums of CIFAR-10's 50k images took 2.3-3.6 s and 3.2 GB
+    peak RSS on the 2-core CPU, on every worker; the histograms take 0.3-0.4 s and ~1 GB (bench notes in
+    docs/benchmarks.md)."""
+    channels = images.shape[-1]
+    hist = torch.stack([torch.bincount(images[..., c].reshape(-1), minlength=256) for c in range(channels)])
+    if dist.is_initialized():
+        dist.all_reduce(hist)
+    hist = hist.double()
+    values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255
+    count = hist.sum(1)
+    mean = (hist * values).sum(1) / count
+    std = ((hist * values**2).sum(1) / count - mean**2).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
 
 
 class _frozen_batchnorm:
