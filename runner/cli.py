@@ -4,7 +4,6 @@
     runner data prepare kaggle:DIR data/cifar10-mini
     runner train --data data/cifar10-mini --model wrn --depth 16 --width 4 --epochs 1
     runner check experiments/*.yaml
-    runner check --diff m1_wrn_grid#WRN-16-4 WRN5
     runner schema > experiments/spec.schema.json
     runner run experiments/smoke.yaml
     runner register SPEC_NAME | runner submit ... | runner score SUB SOLUTION | runner report SPEC_NAME
@@ -78,9 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = commands.add_parser("check", help="validate specs and print the resolved trials; spends nothing")
-    p.add_argument("specs", nargs="*", help="spec files (with --diff, default: experiments/*.yaml)")
-    p.add_argument("--diff", nargs=2, metavar=("FROM", "TO"),
-                   help="print what trial TO changes from trial FROM (NAME or SPEC#NAME), e.g. --diff E9 E11")
+    p.add_argument("specs", nargs="+")
     _spec_overrides(p)
     p.set_defaults(handler=_check)
 
@@ -100,14 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", dest="register", action="store_const", const="",
                    help="skip registering the best trial")
     p.add_argument("--submission", metavar="FILE", help="write a submission from the registered model")
-    p.add_argument("--tta", type=int, default=1)
+    p.add_argument("--tta", type=int, help="test-time views for --submission (default: the trial's own setting)")
     p.set_defaults(handler=_run)
 
     p = commands.add_parser("register", help="register the best in-budget trial of a spec's latest run")
     p.add_argument("spec_name", nargs="?")
     p.add_argument("--run-id")
     p.add_argument("--metric", default="val_acc")
-    p.add_argument("--name", default="cifar-submission")
+    p.add_argument("--name", help="registered model name (default: the spec's name, as `runner run` uses)")
     p.add_argument("--alias", default="champion")
     p.set_defaults(handler=_register)
 
@@ -115,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="models:/NAME@alias, runs:/ID/..., or a checkpoint path")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--tta", type=int, default=1)
+    p.add_argument("--tta", type=int, help="test-time views (default: the model's own evaluation setting)")
     p.set_defaults(handler=_submit)
 
     p = commands.add_parser("score", help="accuracy of a submission against a solution file")
@@ -226,10 +223,6 @@ def _check(args: argparse.Namespace) -> int:
     from runner import data, report, spec
     from runner.core import budget
 
-    if args.diff:
-        return _check_diff(args)
-    if not args.specs:
-        raise ValueError("runner check: name at least one spec file, e.g. runner check experiments/*.yaml")
     for path in args.specs:
         loaded = spec.load_spec(path, spec_overrides(args))
         print(f"\n{path}: spec {loaded.name!r}, {len(loaded.trials)} trial(s)")
@@ -259,25 +252,6 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_diff(args: argparse.Namespace) -> int:
-    """`runner check --diff FROM TO`: the fields trial TO changes from trial FROM, as one sentence."""
-    import glob
-
-    from runner import spec
-    from runner.spec import diff
-
-    paths = args.specs or sorted(glob.glob(os.path.join("experiments", "*.yaml")))
-    loaded = [spec.load_spec(path, spec_overrides(args)) for path in paths]
-    (spec_a, a), (spec_b, b) = (diff.find_trial(ref, loaded, spec_overrides(args)) for ref in args.diff)
-    changes = diff.differences(a.config, b.config)
-    count = "1 field differs" if len(changes) == 1 else f"{len(changes)} fields differ"
-    print(f"{spec_a.name}#{a.name} -> {spec_b.name}#{b.name}: {count}")
-    for key, old, new in changes:
-        print(f"  {key}: {diff.change(old, new)}")
-    print(diff.sentence(args.diff[0], args.diff[1], changes))
-    return 0
-
-
 def _amount(value: float | str) -> str:
     return value if isinstance(value, str) else f"{value:g}"
 
@@ -294,8 +268,11 @@ def _register(args: argparse.Namespace) -> int:
     """The best in-budget trial of a spec's latest run (or one run) -> version + alias."""
     from runner.tracking import registry
 
-    if bool(args.spec_name) == bool(args.run_id):
-        raise ValueError("runner register: give a SPEC_NAME (its latest run's best trial) or --run-id, not both")
+    if not args.spec_name and not args.run_id:
+        raise ValueError("runner register: say what to register: a SPEC_NAME (the best in-budget trial of "
+                         "its latest run, e.g. `runner register smoke`) or --run-id RUN_ID (one trial)")
+    if args.spec_name and args.run_id:
+        raise ValueError("runner register: give a SPEC_NAME or --run-id, not both")
     if args.run_id:
         registry.register_run(args.run_id, metric=args.metric, name=args.name, alias=args.alias)
     else:
@@ -313,7 +290,8 @@ def _submit(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from runner import submission
 
-    print(f"accuracy {submission.score(args.submission, args.solution):.4f}")
+    accuracy, run_id = submission.score_and_log(args.submission, args.solution)
+    print(f"accuracy {accuracy:.4f}" + (f" (logged as `kaggle` on the model's run {run_id})" if run_id else ""))
     return 0
 
 

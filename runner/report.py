@@ -6,6 +6,7 @@ logged, or from MLflow by `tracking.fetch_trial_rows`):
     trial, status, model, varied ({dotted key: value} the row changes), params, within_budget,
     epochs, best_epoch,
     train_acc, val_acc, val_loss      (fractions 0..1, at the best checkpoint)
+    cost.cpu_hours, cost.gpu_hours    (resource-hours held: runner.cost)
     kaggle                            (optional fraction: a scored submission)
     reported: {train_acc: %, val_acc: %, kaggle: fraction}   (the spec's `reported:` figures)
 
@@ -23,6 +24,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from runner import cost
 
 # figure name -> (scale from a replayed fraction to the report's unit, decimals shown)
 FIGURES: dict[str, tuple[float, int]] = {"train_acc": (100.0, 2), "val_acc": (100.0, 2), "kaggle": (1.0, 4)}
@@ -89,6 +92,9 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             line[key] = _fmt(value, FIGURES[name][1], signed=key.endswith("diff"))
         line["val_loss"] = _fmt(_number(row.get("val_loss")), 4)
         line["time_s"] = _fmt(_number(row.get("time_s")), 0)
+        # resource-hours held (runner.cost); GPU-hours blank for a trial that held no GPU
+        line["cpu_h"] = _fmt(_number(row.get(cost.CPU_HOURS)), 3)
+        line["gpu_h"] = _fmt(_number(row.get(cost.GPU_HOURS)) or None, 3)
         table.append(line)
     return _same_columns(table)
 

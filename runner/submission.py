@@ -1,13 +1,15 @@
-"""Predictions (with test-time augmentation) -> a Kaggle submission CSV; and scoring one.
+"""Predictions -> a Kaggle submission CSV; and scoring one.
 
 Reads a model (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/ID[/model]`, or a checkpoint:
 `state.pt` or the folder holding it) and a prepared data set's test split; writes `id,label` rows in
-`sample_submission.csv` order (label names as the training data had them), atomically.
+`sample_submission.csv` order (label names as the training data had them), atomically. An MLflow model
+predicts through its loaded pyfunc (the call `mlflow models serve` makes); a checkpoint through
+`runner.core.predict` directly, which the pyfunc wraps: one predict path either way.
 
-    runner submit --model models:/cifar-submission@champion --data data/cifar10-mini --out submission.csv --tta 4
-    runner score submission.csv solution.csv
+    runner submit --model models:/m1_wrn_grid@champion --data data/cifar10-mini --out submission.csv --tta 4
+    runner score submission.csv solution.csv       # also logs `kaggle` on the model's run
 
-MLflow is reached only through `runner.registry`, imported when the model URI needs it.
+MLflow is reached only through `runner.tracking.registry`, imported when needed.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from runner import data
 from runner.core import augment, checkpoint
-from runner.data import Split
+from runner.core.predict import Predictor
 from runner.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -38,49 +41,25 @@ def _is_mlflow_uri(uri: str) -> bool:
     return uri.startswith(("models:/", "runs:/"))
 
 
-def load_for_inference(uri: str, device: str | torch.device = "cpu"
-                       ) -> tuple[torch.nn.Module, list[str], list[float], list[float]]:
-    """(model in eval mode, class names, mean, std) from a registry/run URI or a checkpoint path."""
+class Classifier(Protocol):
+    """What `runner submit` predicts with: a model loaded through MLflow (runner.tracking.pyfunc, the
+    same predict call `mlflow models serve` makes) or a checkpoint's `runner.core.predict.Predictor`."""
+
+    classes: list[str]
+
+    def probabilities(self, images: torch.Tensor, tta: int | None = None) -> torch.Tensor: ...
+
+
+def load_for_inference(uri: str, device: str | torch.device | None = None) -> Classifier:
+    """The classifier behind a registry/run URI or a checkpoint path (`state.pt` or its folder)."""
     if _is_mlflow_uri(uri):
         from runner.tracking import registry
 
-        model, classes, mean, std, _ = registry.load_model(uri, device)
-    else:
-        if not checkpoint.checkpoint_file(uri).is_file():
-            raise SubmissionError(f"--model {uri}: no such checkpoint (want state.pt or its folder, "
-                                  "models:/NAME@alias, or runs:/RUN_ID)")
-        state = checkpoint.load(uri)
-        model = checkpoint.build_model(state).to(device)
-        classes, mean, std = list(state["classes"]), list(state["mean"]), list(state["std"])
-    _eval_mode(model)
-    return model, classes, mean, std
-
-
-def _eval_mode(model: torch.nn.Module) -> None:
-    # A pt2 (torch.export) model was exported in eval mode and may refuse mode switches.
-    try:
-        model.eval()
-    except (NotImplementedError, RuntimeError):
-        pass
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, split: Split, mean: Sequence[float], std: Sequence[float], tta: int = 1,
-            batch_size: int = 256, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities [N, C], predicted class indices [N]): softmax averaged over `tta` views."""
-    _eval_mode(model)
-    out = []
-    for start in range(0, len(split.ids), batch_size):
-        images = split.images[start:start + batch_size].to(device)
-        # An exported (pt2) graph may specialise batch 1; pad a lone last image to 2 and drop the copy.
-        single = images.shape[0] == 1
-        if single:
-            images = images.repeat(2, 1, 1, 1)
-        x = augment.to_float(images, mean, std, channels_last=False)
-        probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in augment.tta_views(x, tta)]).mean(0)
-        out.append((probs[:1] if single else probs).cpu())
-    probs = torch.cat(out) if out else torch.empty(0, 0)
-    return probs, probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.long)
+        return registry.load_model(uri, device)
+    if not checkpoint.checkpoint_file(uri).is_file():
+        raise SubmissionError(f"--model {uri}: no such checkpoint (want state.pt or its folder, "
+                              "models:/NAME@alias, or runs:/RUN_ID)")
+    return Predictor.from_state(checkpoint.load(uri), device or "cpu")
 
 
 def _label(name: str, ints: bool) -> str:
@@ -163,34 +142,45 @@ def score(submission_csv: str | os.PathLike, solution_csv: str | os.PathLike) ->
     return hits / len(sol_ids) if sol_ids else 0.0
 
 
-def log_submission(model_uri: str, path: str | os.PathLike) -> str | None:
-    """Attach the written CSV to the model's MLflow run; returns that run id (None for a checkpoint)."""
-    if not _is_mlflow_uri(model_uri):
-        return None
+def log_submission(run_id: str | None, path: str | os.PathLike) -> None:
+    """Attach the written CSV to the model's MLflow run (nothing for a bare checkpoint)."""
+    if run_id:
+        from runner.tracking import registry
+
+        registry.record_submission(run_id, path)
+
+
+def score_and_log(submission_csv: str | os.PathLike, solution_csv: str | os.PathLike) -> tuple[float, str | None]:
+    """`runner score`: the accuracy, also logged as `kaggle` on the run whose model wrote the submission
+    (the report's "kaggle (replay)" column); (accuracy, that run id or None)."""
+    accuracy = score(submission_csv, solution_csv)
     from runner.tracking import registry
 
-    run_id = registry.source_run_id(model_uri)
-    if run_id:
-        registry.log_submission(run_id, path)
-    return run_id
-
-
-def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, tta: int = 1,
-                    batch_size: int = 256, device: str | torch.device | None = None) -> Path:
-    """`runner submit`: predict a prepared data set's test split and write the CSV in sample_submission
-    order; the file is also attached to the model's MLflow run (a failure there only warns: the CSV
-    is already written)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, classes, mean, std = load_for_inference(model_uri, device)
-    meta = data.read_meta(data_path)
-    if list(meta.classes) != list(classes):
-        raise SubmissionError(f"--model {model_uri} was trained on classes {classes[:5]}... but --data {data_path} "
-                              f"has {meta.classes[:5]}...; submit with the data set the model was trained on")
-    split = data.load_split(data_path, "test")
-    _, labels = predict(model, split, mean, std, tta=tta, batch_size=batch_size, device=device)
-    path = write_submission(out, split.ids, labels, classes, meta.label_names_are_ints, order=meta.test_ids)
     try:
-        log_submission(model_uri, path)
+        return accuracy, registry.log_score(submission_csv, accuracy)
+    except Exception as exc:  # noqa: BLE001 - the score stands without MLflow
+        log.warning("scored, but not logged to MLflow: %s", exc)
+        return accuracy, None
+
+
+def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, tta: int | None = None,
+                    device: str | torch.device | None = None) -> Path:
+    """`runner submit`: predict a prepared data set's test split and write the CSV in sample_submission
+    order; `tta` views override the model's own evaluation setting. The file is also attached to the
+    model's MLflow run (a failure there only warns: the CSV is already written)."""
+    if tta is not None and not 1 <= tta <= augment.MAX_TTA_VIEWS:  # refused before anything is loaded
+        raise SubmissionError(f"--tta {tta}: test-time views must be between 1 and {augment.MAX_TTA_VIEWS}")
+    model = load_for_inference(model_uri, device)
+    meta = data.read_meta(data_path)
+    if list(meta.classes) != list(model.classes):
+        raise SubmissionError(f"--model {model_uri} was trained on classes {model.classes[:5]}... but --data "
+                              f"{data_path} has {meta.classes[:5]}...; submit with the data set the model was "
+                              "trained on")
+    split = data.load_split(data_path, "test")
+    labels = model.probabilities(split.images, tta).argmax(1)
+    path = write_submission(out, split.ids, labels, model.classes, meta.label_names_are_ints, order=meta.test_ids)
+    try:
+        log_submission(getattr(model, "run_id", None), path)  # a bare checkpoint belongs to no run
     except Exception as exc:  # noqa: BLE001 - MLflow down must not lose a written submission
         log.warning("submission written to %s but not attached to the model's MLflow run: %s", path, exc)
     return path

@@ -222,3 +222,49 @@ def short_dir() -> _Iterator[str]:
         if not _os.path.exists(directory):
             break
         _time.sleep(0.5)
+
+
+TINY_CLASSES = [f"c{i}" for i in range(10)]
+
+
+def _tiny_checkpoint(folder: _Path, *, seed: int = 0, val_acc: float = 0.5, within_budget: bool = True) -> _Path:
+    """A checkpoint as the training core writes it (the same keys), for a very small untrained network."""
+    import torch
+
+    import models
+    from runner.core import checkpoint
+
+    torch.manual_seed(seed)
+    kwargs = {"depth": 10, "width": 1, "dropout": 0.0}
+    net = models.build("wrn", len(TINY_CLASSES), **kwargs)
+    checkpoint.save({
+        "model": net.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 3, "best_val_acc": val_acc,
+        "config": {"model": {"name": "wrn", **kwargs}, "train": {"epochs": 3}},
+        "classes": TINY_CLASSES, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "image_shape": [32, 32, 3],
+        "val_confusion": torch.eye(len(TINY_CLASSES), dtype=torch.int64) * 3,
+        "metrics": {"epoch": 3, "train_acc": 0.7, "val_acc": val_acc, "val_loss": 1.0, "train_loss": 0.9},
+        "params": models.count_params(net) if within_budget else 6_000_000, "within_budget": within_budget,
+    }, folder)
+    return folder
+
+
+@_pytest.fixture(scope="session")
+def tiny_checkpoint() -> object:
+    """`tiny_checkpoint(folder, seed=0, val_acc=0.5, within_budget=True)` writes `folder/state.pt`."""
+    return _tiny_checkpoint
+
+
+@_pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: _pytest.TempPathFactory) -> _Path:
+    """A real checkpoint of `runner.core.train.fit`: WRN-10-1, 2 epochs on `synthetic:200` (its predictions
+    differ per image and class, unlike an untrained network's uniform ones)."""
+    from runner import data, spec
+    from runner.core import checkpoint, train
+
+    folder = tmp_path_factory.mktemp("trained")
+    cfg = spec.trial_config({"data.path": "synthetic:200", "model.name": "wrn", "model.depth": 10,
+                             "model.width": 1, "train.epochs": 2, "train.batch_size": 32, "optimizer.lr": 0.05})
+    split, val = data.load_train_shard("synthetic:200", rank=0, world=1, val_fraction=0.2, seed=0)
+    train.fit(cfg, split, val, data.read_meta("synthetic:200").classes,
+              lambda metrics, state: checkpoint.save(state(), folder))
+    return folder

@@ -1,7 +1,9 @@
-"""runner/submit.py: TTA predictions, the atomic submission CSV, and scoring (no MLflow needed here)."""
+"""runner/submission.py + runner/core/predict.py: raw-image predictions with TTA, the atomic submission CSV
+(created with the umask's mode), and scoring (no MLflow needed here)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 import models
 from runner import submission as submit
-from runner.data import Split
+from runner.core.predict import InputError, Predictor
 from runner.submission import SubmissionError
 
 
@@ -47,18 +49,35 @@ def test_write_submission_order_labels_and_atomic(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
 
 
-def test_predict_averages_softmax_over_tta_views(tmp_path: Path) -> None:
+def test_predictor_averages_softmax_over_tta_views_from_raw_uint8(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = models.build("wrn", 4, depth=10, width=1).eval()
+    net = models.build("wrn", 4, depth=10, width=1)
+    torch.nn.init.normal_(net.state_dict()[[k for k in net.state_dict() if k.endswith("weight")][-1]])  # not uniform
+    state = {"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
+             "classes": list("wxyz"), "mean": [0.5] * 3, "std": [0.25] * 3, "image_shape": [32, 32, 3]}
+    predictor = Predictor.from_state(state)
     images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
-    split = Split(images, torch.full((5,), -1), list("abcde"))
-    mean, std = [0.5] * 3, [0.25] * 3
-    probs, labels = submit.predict(net, split, mean, std, tta=2, batch_size=2)
+    probs = predictor.probabilities(images, tta=2, batch_size=2)  # the last batch holds one image
     assert probs.shape == (5, 4) and torch.allclose(probs.sum(1), torch.ones(5))
     x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
     with torch.no_grad():
+        net.eval()
         expected = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
-    assert torch.allclose(probs, expected, atol=1e-5) and torch.equal(labels, expected.argmax(1))
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert predictor.labels(probs) == ["wxyz"[i] for i in expected.argmax(1).tolist()]
+    assert torch.allclose(predictor.probabilities(images.numpy()), predictor.probabilities(images, tta=1))
+
+
+def test_predictor_refuses_images_it_cannot_take_naming_what_it_takes() -> None:
+    net = models.build("wrn", 3, depth=10, width=1)
+    predictor = Predictor.from_state({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10,
+                                      "width": 1}}, "classes": list("abc"), "mean": [0.5] * 3, "std": [0.25] * 3})
+    good = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)  # an old checkpoint without image_shape: 32x32
+    with pytest.raises(InputError, match=r"expected uint8 images of shape \(N, 32, 32, 3\).*got dtype torch.float32"):
+        predictor.probabilities(good.float() / 255)
+    for bad in (good[:, :, :, :1], good.permute(0, 3, 1, 2), good[0]):
+        with pytest.raises(InputError, match=r"expected uint8 images of shape \(N, 32, 32, 3\).*got shape"):
+            predictor.probabilities(bad)
 
 
 def test_load_for_inference_from_checkpoint_path(tmp_path: Path) -> None:
@@ -66,8 +85,8 @@ def test_load_for_inference_from_checkpoint_path(tmp_path: Path) -> None:
     torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
                 "classes": ["a", "b", "c"], "mean": [0.1] * 3, "std": [0.2] * 3}, tmp_path / "state.pt")
     for uri in (tmp_path, tmp_path / "state.pt"):
-        model, classes, mean, std = submit.load_for_inference(str(uri))
-        assert classes == ["a", "b", "c"] and mean == [0.1] * 3 and not model.training
+        model = submit.load_for_inference(str(uri))
+        assert model.classes == ["a", "b", "c"] and model.mean == [0.1] * 3 and not model.model.training
     with pytest.raises(SubmissionError, match="no such checkpoint"):
         submit.load_for_inference(str(tmp_path / "nope"))
 
@@ -77,17 +96,23 @@ def test_make_submission_from_a_checkpoint_scores_against_synthetic_labels(tmp_p
 
     meta, test = data.read_meta("synthetic:64"), data.load_split("synthetic:64", "test")
     net = models.build("wrn", len(meta.classes), depth=10, width=1)
-    torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
-                "classes": meta.classes, "mean": [0.5] * 3, "std": [0.25] * 3}, tmp_path / "state.pt")
-    out = submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "sub.csv", tta=2, device="cpu")
-    _, labels = submit.predict(net.eval(), test, [0.5] * 3, [0.25] * 3, tta=2)
+    state = {"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
+             "classes": meta.classes, "mean": [0.5] * 3, "std": [0.25] * 3}
+    torch.save(state, tmp_path / "state.pt")
+    previous = os.umask(0o027)
+    try:
+        out = submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "sub.csv", tta=2, device="cpu")
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o640  # the umask's mode, as every other tool creates files
+    labels = Predictor.from_state(state).probabilities(test.images, tta=2).argmax(1)
     solution = write(tmp_path / "solution.csv", [(i, meta.classes[k]) for i, k in zip(test.ids, test.labels.tolist(),
                                                                                       strict=True)])
     assert submit.score(out, solution) == pytest.approx((labels == test.labels).float().mean().item())
 
-    torch.save({"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
-                "classes": [f"x{i}" for i in range(len(meta.classes))], "mean": [0.5] * 3, "std": [0.25] * 3},
-               tmp_path / "state.pt")
+    with pytest.raises(SubmissionError, match=r"--tta 11: test-time views must be between 1 and 10"):
+        submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "other.csv", tta=11)
+    torch.save({**state, "classes": [f"x{i}" for i in range(len(meta.classes))]}, tmp_path / "state.pt")
     with pytest.raises(SubmissionError, match="trained on classes"):
         submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "other.csv")
     assert not (tmp_path / "other.csv").exists()

@@ -9,33 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import models
 from runner.tracking import queries
 from runner.tracking.connection import TrackingError
 from runner.tracking.tracker import Tracker, install_signal_handlers
 
 CLASSES = [f"c{i}" for i in range(10)]
-
-
-def tiny_checkpoint(folder: Path, *, seed: int = 0, val_acc: float = 0.5, within_budget: bool = True) -> Path:
-    """A checkpoint dict as the training core writes it, for a very small real network."""
-    torch.manual_seed(seed)
-    kwargs = {"depth": 10, "width": 1, "dropout": 0.0}
-    net = models.build("wrn", len(CLASSES), **kwargs)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "model": net.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 3,
-        "config": {"model": {"name": "wrn", **kwargs}, "train": {"epochs": 3}},
-        "classes": CLASSES, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-        "val_confusion": torch.eye(len(CLASSES), dtype=torch.int64) * 3,
-        "metrics": {"epoch": 3, "train_acc": 0.7, "val_acc": val_acc, "val_loss": 1.0, "train_loss": 0.9},
-        "params": models.count_params(net) if within_budget else 6_000_000, "within_budget": within_budget,
-    }, folder / "state.pt")
-    return folder
 
 
 def config(lr: float) -> dict:
@@ -55,7 +36,7 @@ def fast_http(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def test_parent_children_history_params_artifacts(tracking_uri: str, tmp_path: Path) -> None:
+def test_parent_children_history_params_artifacts(tracking_uri: str, tmp_path: Path, tiny_checkpoint) -> None:  # noqa: ANN001
     spec = tmp_path / "m1.yaml"
     spec.write_text("name: m1\n")
     with Tracker("m1", tracking_uri) as tracker:
@@ -199,7 +180,8 @@ def test_resume_reuses_parent_and_child_without_duplicate_steps(tracking_uri: st
     assert client.get_run(parent).info.status == "FINISHED"
 
 
-def test_real_server_outage_loses_no_metric(mlflow_server, fast_http: None, tmp_path: Path) -> None:  # noqa: ANN001 - conftest's MlflowServer
+def test_real_server_outage_loses_no_metric(mlflow_server, fast_http: None, tmp_path: Path,  # noqa: ANN001
+                                           tiny_checkpoint) -> None:  # noqa: ANN001 - conftest's
     tracker = Tracker("outage", mlflow_server.uri, outage_timeout_s=120)
     tracker.start_parent()
     run_id = tracker.start_trial("t0", "row-0", config(0.1))

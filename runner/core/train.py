@@ -97,7 +97,7 @@ def fit(cfg: dict, train: Split, val: Split | None, classes: list[str], report: 
         schedule.step(metrics["val_acc"] if val_x is not None else metrics["train_acc"])
         if report is not None:
             report(metrics, _state_builder(run, net, epoch + 1, best, metrics, confusion, classes,
-                                           mean, std, verdict))
+                                           mean, std, verdict, tuple(train.images.shape[1:])))
     return FitResult(metrics=metrics, best_val_acc=best, model=net, params=verdict.params,
                      within_budget=verdict.within)
 
@@ -108,7 +108,7 @@ def _epoch(run: _Run, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
     generator = _seed_epoch(run, epoch)
     lr = run.optimizer.param_groups[0]["lr"]
     train_sums = _train_epoch(run, train_x, train_y, generator)
-    val_sums, confusion = _evaluate(run, val_x, val_y, _eval_generator(run, epoch))
+    val_sums, confusion = _evaluate(run, val_x, val_y)
     sums = torch.cat([train_sums, val_sums])
     if run.world > 1:
         dist.all_reduce(sums)
@@ -175,10 +175,9 @@ def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor,
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, images: torch.Tensor | None, labels: torch.Tensor | None,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss sum, correct, seen) and the confusion matrix (rows = true class) on the val split, scored
-    as the trial's `eval` group says."""
+def _evaluate(run: _Run, images: torch.Tensor | None,
+              labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss sum, correct, seen) and the confusion matrix (rows = true class) on the val split."""
     c = run.num_classes
     sums = torch.zeros(2, device=run.device, dtype=torch.float64)
     confusion = torch.zeros(c * c, device=run.device, dtype=torch.int64)
@@ -186,32 +185,15 @@ def _evaluate(run: _Run, images: torch.Tensor | None, labels: torch.Tensor | Non
         return torch.zeros(3, device=run.device, dtype=torch.float64), confusion.view(c, c)
     run.eval_model.eval()
     for start in range(0, len(labels), EVAL_BATCH):
-        y = labels[start:start + EVAL_BATCH]
-        logits = _eval_logits(run, images[start:start + EVAL_BATCH], generator)
+        x, y = run.augment.eval(images[start:start + EVAL_BATCH]), labels[start:start + EVAL_BATCH]
+        with _autocast(run):
+            logits = run.eval_model(x).float()
         predicted = logits.argmax(1)
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), (predicted == y).sum().double()])
         # index_add_, not bincount: CUDA's bincount reads the max back to the host (a sync per batch).
         confusion.index_add_(0, y * c + predicted, torch.ones_like(y))
     seen = torch.full((1,), float(len(labels)), dtype=torch.float64, device=run.device)
     return torch.cat([sums, seen]), confusion.view(c, c)
-
-
-def _eval_logits(run: _Run, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One view's logits, or the log of the softmax averaged over the eval views: cross-entropy and argmax
-    read both alike (log-softmax of log-probabilities that sum to 1 is the identity)."""
-    views = run.augment.views(images, run.cfg["eval"]["tta"], run.cfg["eval"]["views"], generator)
-    with _autocast(run):
-        outs = [run.eval_model(x).float() for x in views]
-    if len(outs) == 1:
-        return outs[0]
-    return torch.stack([out.softmax(1) for out in outs]).mean(0).clamp_min_(1e-12).log_()
-
-
-def _eval_generator(run: _Run, epoch: int) -> torch.Generator:
-    """Draws for `eval.tta: train_transforms`, apart from training's so that scoring never shifts them."""
-    generator = torch.Generator(device=run.device)
-    generator.manual_seed((run.cfg["train"]["seed"] * 1_000_003 + epoch * 1009 + run.rank + 500_009) % (2**63))
-    return generator
 
 
 def _autocast(run: _Run) -> torch.autocast:
@@ -240,7 +222,7 @@ def _seed_epoch(run: _Run, epoch: int) -> torch.Generator:
 
 def _state_builder(run: _Run, net: nn.Module, epochs_done: int, best: float, metrics: dict,
                    confusion: torch.Tensor, classes: list[str], mean: list[float], std: list[float],
-                   verdict: budget.Verdict) -> Callable[[], dict]:
+                   verdict: budget.Verdict, image_shape: tuple[int, ...]) -> Callable[[], dict]:
     def state() -> dict:
         return {
             "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
@@ -249,6 +231,7 @@ def _state_builder(run: _Run, net: nn.Module, epochs_done: int, best: float, met
             "epoch": epochs_done, "best_val_acc": best, "metrics": dict(metrics),
             "val_confusion": confusion.cpu(), "config": run.cfg, "classes": list(classes),
             "mean": list(mean), "std": list(std), "params": verdict.params, "within_budget": verdict.within,
+            "image_shape": list(image_shape),  # what a served model must be given (runner.core.predict)
         }
     return state
 

@@ -8,6 +8,7 @@ from typing import Any
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from runner import cost
 from runner.tracking.connection import TrackingError, connect, quote
 from runner.tracking.tracker import SUMMARY
 
@@ -48,6 +49,7 @@ def run_row(run: Any) -> dict:
         "best_epoch": int(tags["best_epoch"]) if tags.get("best_epoch", "").isdigit() else None,
         **{k: metrics.get(f"best_{k}", metrics.get(k)) for k in SUMMARY},
         "kaggle": metrics.get("kaggle"),
+        **{key: metrics.get(key) for key in (*cost.SUMMED, cost.PER_WORKER, cost.PER_GPU)},
         "reported": {k.removeprefix("reported."): v for k, v in tags.items() if k.startswith("reported.")},
     }
 

@@ -1,18 +1,21 @@
 """The model registry: register the best in-budget trial, move an alias only on improvement.
 
-Reads a spec's MLflow experiment (the latest `runner run` parent, or a given parent/run id) and the
-chosen trial's `checkpoint/state.pt` artifact; writes a logged model (`mlflow.pytorch.log_model`,
-pt2 format with a batch-2 input example, class names and normalisation stats in its metadata), a
-new registered model version, and the alias (`champion`) when the new version beats the holder.
+Reads a spec's MLflow experiment (the latest `runner run` parent, or a given parent/run id); the chosen
+trial's logged model (`runner.tracking.pyfunc`, logged by the tracker at the trial's best epoch; built
+from its `checkpoint/state.pt` artifact for runs older than that) becomes a new version of the
+registered model, named after the spec unless `--name` says otherwise, and the alias (`champion`) moves
+to it when it beats the holder.
 
-    runner register m1_wrn_grid --metric val_acc --name cifar-submission --alias champion
+    runner register m1_wrn_grid --metric val_acc --alias champion      # -> models:/m1_wrn_grid@champion
     runner register --run-id <RUN_ID>
 
-Over-budget trials are never registered. Also loads registered/logged models back for `runner submit`.
+Over-budget trials are never registered. Also loads models back for `runner submit`, and ties a written
+submission to its model's run so `runner score` can log the Kaggle score there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
 from dataclasses import dataclass
@@ -25,12 +28,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from runner.core import checkpoint
-from runner.tracking import queries
+from runner.masking import redact
+from runner.tracking import pyfunc, queries
 from runner.tracking.connection import connect, resolve_tracking_uri
 from runner.tracking.tracker import CHECKPOINT_ARTIFACT
 
-PIP_REQUIREMENTS = ["torch", "torchvision", "timm"]  # given, so MLflow skips its slow inference (6-16 s)
-IMAGE_SIZE = 32  # the project's inputs; checkpoints do not record the image shape
+SUBMISSION_TAG = "runner.submission."  # + the CSV's digest; value: its file name
+DIGEST_CHARS = 16
 
 
 class RegistryError(RuntimeError):
@@ -101,23 +105,24 @@ def pick_best(runs: list, metric: str) -> tuple[Any, str]:
 
 
 def register_best(experiment_name: str, *, parent_run_id: str | None = None, metric: str = "val_acc",
-                  name: str = "cifar-submission", alias: str = "champion",
-                  tracking_uri: str | None = None) -> Registration:
-    """Register the best in-budget trial of the spec's latest invocation (or of `parent_run_id`)."""
+                  name: str | None = None, alias: str = "champion", tracking_uri: str | None = None) -> Registration:
+    """Register the best in-budget trial of the spec's latest invocation (or of `parent_run_id`) under
+    `name` (default: the spec's name, as `runner run` does)."""
     client, _ = _client(tracking_uri)
     runs = queries.trial_runs(client, experiment_name, parent_run_id)
     best, note = pick_best(runs, metric)
-    return _register(client, best, metric, name, alias, note)
+    return _register(client, best, metric, name or experiment_name, alias, note)
 
 
-def register_run(run_id: str, *, metric: str = "val_acc", name: str = "cifar-submission",
+def register_run(run_id: str, *, metric: str = "val_acc", name: str | None = None,
                  alias: str = "champion", tracking_uri: str | None = None) -> Registration:
-    """Register one trial's run (`runner register --run-id`); refused when over budget or unfinished."""
+    """Register one trial's run (`runner register --run-id`) under `name` (default: its spec's name);
+    refused when over budget or unfinished."""
     client, _ = _client(tracking_uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise RegistryError(f"run {run_id!r} not found at {client.tracking_uri}: {exc}") from exc
+        raise RegistryError(f"run {run_id!r} not found at {redact(client.tracking_uri)}: {exc}") from exc
     if run.data.tags.get("within_budget") == "false":
         raise RegistryError(f"run {run_id} ({run.info.run_name}) is over the parameter budget "
                             f"({run.data.tags.get('params', '?')} params); over-budget trials are never registered")
@@ -125,11 +130,11 @@ def register_run(run_id: str, *, metric: str = "val_acc", name: str = "cifar-sub
         raise RegistryError(f"run {run_id} ({run.info.run_name}) is {run.info.status}, not FINISHED")
     if run_value(run, metric) is None:
         raise RegistryError(f"run {run_id} ({run.info.run_name}) has no metric {metric!r}")
-    return _register(client, run, metric, name, alias)
+    return _register(client, run, metric, name or client.get_experiment(run.info.experiment_id).name, alias)
 
 
 def _download_state(client: MlflowClient, run: Any) -> dict:
-    """The checkpoint dict of a trial's run (its `checkpoint/state.pt` artifact)."""
+    """The checkpoint dict of a trial's run (its `checkpoint/state.pt` artifact), loaded weights-only."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, tmp)
@@ -139,21 +144,37 @@ def _download_state(client: MlflowClient, run: Any) -> dict:
         return checkpoint.load(path)
 
 
-def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str, note: str = "") -> Registration:
-    run_id, value = run.info.run_id, run_value(run, metric)
+def logged_model_id(run: Any) -> str | None:
+    """The run's own logged model (the tracker logs one per trial, at its best epoch); the latest if several."""
+    outputs = getattr(run, "outputs", None)
+    models = list(outputs.model_outputs) if outputs is not None and outputs.model_outputs else []
+    return models[-1].model_id if models else None
+
+
+def _model_of(client: MlflowClient, run: Any) -> str:
+    """The trial's logged model id; runs tracked before logged models existed get one built from their
+    checkpoint artifact now."""
+    model_id = logged_model_id(run)
+    if model_id is not None:
+        return model_id
     state = _download_state(client, run)
     if state.get("within_budget") is False:
-        raise RegistryError(f"run {run_id}: its checkpoint is over the parameter budget "
+        raise RegistryError(f"run {run.info.run_id}: its checkpoint is over the parameter budget "
                             f"({state.get('params')} params); over-budget trials are never registered")
-    net = checkpoint.build_model(state)
-    # pt2 (torch.export) needs an example; batch 2, because batch 1 would pin the batch size to 1.
-    example = torch.randn(2, len(state["mean"]), IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-    metadata = {"classes": list(state["classes"]), "mean": list(state["mean"]), "std": list(state["std"]),
-                "trial": run.info.run_name, "metric": metric, "value": value}
-    info = mlflow.pytorch.log_model(net, name="model", input_example=example.numpy(), run_id=run_id,
-                                    pip_requirements=PIP_REQUIREMENTS, metadata=metadata)
-    version = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id, "trial": run.info.run_name,
-                                                                metric: str(value)})
+    return pyfunc.log(client, run.info.experiment_id, run.info.run_id, state, step=int(state.get("epoch", 0)),
+                      params=run.data.params, tags={"trial": run.info.run_name})
+
+
+def _register(client: MlflowClient, run: Any, metric: str, name: str, alias: str, note: str = "") -> Registration:
+    run_id, value = run.info.run_id, run_value(run, metric)
+    model_id = _model_of(client, run)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                          tags={"run_id": run_id, "trial": run.info.run_name, metric: str(value)})
     previous_version, previous_value = _alias_holder(client, name, alias, metric)
     moved = _better(value, previous_value, metric)
     if moved:
@@ -183,44 +204,47 @@ def _alias_holder(client: MlflowClient, name: str, alias: str, metric: str) -> t
     return str(holder.version), None if value is None else float(value)
 
 
-def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, list[str], list[float],
-                                                                     list[float], str | None]:
-    """(model, classes, mean, std, run id) for `models:/NAME@alias`, `models:/NAME/3`, `runs:/ID/model`,
-    or `runs:/ID` (that run's checkpoint artifact)."""
+def load_model(uri: str, device: str | torch.device | None = None) -> pyfunc.LoadedModel:
+    """The classifier behind `models:/NAME@alias`, `models:/NAME/3`, `models:/<model id>`, `runs:/ID/model`
+    or `runs:/ID` (that trial's logged model)."""
     client, _ = _client(None)
     if uri.startswith("runs:/") and uri.removeprefix("runs:/").strip("/").count("/") == 0:
-        return _from_run_checkpoint(client, uri.removeprefix("runs:/").strip("/"), device)
+        run_id = uri.removeprefix("runs:/").strip("/")
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            raise RegistryError(f"run {run_id!r} not found at {redact(client.tracking_uri)}: {exc}") from exc
+        model_id = logged_model_id(run)
+        if model_id is None:
+            raise RegistryError(f"run {run_id} ({run.info.run_name}) has no logged model; "
+                                f"`runner register --run-id {run_id}` builds one from its checkpoint")
+        uri = f"models:/{model_id}"
     try:
-        info = mlflow.models.get_model_info(uri)
-        if torch.device(device).type != "cpu" and info.run_id:
-            # A pt2 graph keeps the device it was exported on (CPU, in `runner register`) and MLflow
-            # refuses to move it; the source run's checkpoint holds the same weights, built eagerly.
-            return _from_run_checkpoint(client, info.run_id, device)
-        net = mlflow.pytorch.load_model(uri)
+        return pyfunc.LoadedModel(uri, device)
     except MlflowException as exc:
-        raise RegistryError(f"cannot load model {uri!r} from {client.tracking_uri}: {exc}") from exc
-    meta = info.metadata or {}
-    if "classes" not in meta:
-        raise RegistryError(f"model {uri!r} carries no class names (not logged by `runner register`)")
-    return net, list(meta["classes"]), list(meta["mean"]), list(meta["std"]), info.run_id
+        raise RegistryError(f"cannot load model {uri!r} from {redact(client.tracking_uri)}: {exc}") from exc
 
 
-def _from_run_checkpoint(client: MlflowClient, run_id: str, device: str | torch.device
-                         ) -> tuple[torch.nn.Module, list[str], list[float], list[float], str]:
-    state = _download_state(client, client.get_run(run_id))
-    net = checkpoint.build_model(state).to(device)
-    return net, list(state["classes"]), list(state["mean"]), list(state["std"]), run_id
-
-
-def log_submission(run_id: str, path: str | Path) -> None:
-    """Attach a written submission CSV to the model's source run."""
+def record_submission(run_id: str, path: str | Path) -> None:
+    """Attach a written submission CSV to the model's source run, tagged with the file's digest so that
+    `runner score` finds the run again from the file alone."""
     client, _ = _client(None)
     client.log_artifact(run_id, str(path), "submissions")
+    client.set_tag(run_id, SUBMISSION_TAG + file_digest(path), Path(path).name)
 
 
-def source_run_id(uri: str) -> str | None:
-    """The MLflow run a model URI came from (its trial's child run)."""
-    if uri.startswith("runs:/"):
-        return uri.removeprefix("runs:/").strip("/").split("/")[0]
-    _client(None)
-    return mlflow.models.get_model_info(uri).run_id
+def log_score(path: str | Path, score: float, tracking_uri: str | None = None) -> str | None:
+    """Log `kaggle` = score on the run whose model wrote this submission (found by the file's digest);
+    returns the run id, or None when no run made it."""
+    client, _ = _client(tracking_uri)
+    tag = SUBMISSION_TAG + file_digest(path)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`{tag}` != ''", max_results=1) if experiments else []
+    if not runs:
+        return None
+    client.log_metric(runs[0].info.run_id, "kaggle", score)
+    return runs[0].info.run_id
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:DIGEST_CHARS]

@@ -2,8 +2,10 @@
 
 One experiment per spec name; one parent run per `runner run` invocation; one child run per trial
 (`mlflow.parentRunId`), named after its row, with the resolved config as dotted params (secrets masked),
-per-epoch metrics at `step=epoch`, and artifacts `config/resolved.yaml`, `plots/{curves,confusion}.png`,
-`checkpoint/state.pt`; the parent gets `results/results.{csv,md}`. Writes go through the
+per-epoch metrics at `step=epoch`, artifacts `config/resolved.yaml`, `plots/{curves,confusion}.png`,
+`checkpoint/state.pt`, its data set as a run input, its best checkpoint as a logged model
+(`runner.tracking.pyfunc`) and its cost (`runner.cost`); the parent gets `results/results.{csv,md}`
+and the summed cost. Writes go through the
 `WriteQueue`. Runs are never left RUNNING: `close(status)`, `install_signal_handlers`, and
 `runner mlflow reconcile` (runner.tracking.queries) for runs whose driver was SIGKILLed.
 """
@@ -24,10 +26,11 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 
-from runner import report
+from runner import cost, report
 from runner.masking import flatten_params, mask_secrets, redact
+from runner.resources import TrialNeed, need_of
 from runner.tracking.connection import TrackingError, connect, ensure_experiment, quote, resolve_tracking_uri
-from runner.tracking.provenance import invocation_tags
+from runner.tracking.provenance import DataSets, invocation_tags
 from runner.tracking.queue import WriteQueue
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,8 @@ class Tracker:
 
     def __init__(self, experiment_name: str, tracking_uri: str | None = None, *, root: str | os.PathLike = ".",
                  outage_timeout_s: float = 300.0, probe_timeout_s: float = 3.0,
-                 staging_dir: str | os.PathLike | None = None) -> None:
+                 staging_dir: str | os.PathLike | None = None, datasets: Mapping[str, Any] | None = None) -> None:
+        """`datasets`: data path -> `runner.data.Meta` already read by the caller (read here otherwise)."""
         uri = resolve_tracking_uri(tracking_uri, root)
         self.client = connect(uri, root, probe_timeout_s)
         self.uri = redact(uri)  # for messages only; the client keeps the real one
@@ -68,6 +72,8 @@ class Tracker:
         self._seen: set[tuple[str, str, int]] = set()  # (run, key, step): a re-reported epoch is skipped
         self._history: dict[str, dict[int, dict[str, float]]] = {}
         self._rows: dict[str, dict] = {}
+        self._datasets = DataSets(datasets)
+        self._trials: dict[str, tuple[float, TrialNeed | None, Any]] = {}  # run id -> (start, need, data set)
         self._queue = WriteQueue(self.uri, outage_timeout_s)
         # artifacts wait here until uploaded (a queued upload must survive its source being deleted)
         self._staging = Path(tempfile.mkdtemp(prefix="runner-mlflow-", dir=staging_dir))
@@ -115,8 +121,8 @@ class Tracker:
             raise TrackingError("start_parent() must be called before start_trial()")
         found = self._find(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} and "
                            f"tags.`runner.trial_id` = {quote(trial_id)}")
-        extra = {k: str(v) for k, v in (tags or {}).items()}
-        extra.update({f"reported.{k}": str(v) for k, v in (reported or {}).items()})
+        extra = {k: redact(str(v)) for k, v in (tags or {}).items()}
+        extra.update({f"reported.{k}": redact(str(v)) for k, v in (reported or {}).items()})
         if found is not None:
             run_id = found.info.run_id
             self._load_history(run_id, found.data.metrics)
@@ -138,6 +144,11 @@ class Tracker:
                 self._queue.submit(f"params of {name}", lambda c=chunk: self.client.log_batch(
                     run_id, params=c, synchronous=True))
             self._log_config(run_id, config)
+        data = self._datasets.input_of((config.get("data") or {}).get("path"))
+        if data is not None and found is None:
+            self._queue.submit(f"data set of {name}", lambda: self.client.log_inputs(run_id, datasets=[data]))
+        scaling = config.get("scaling")
+        self._trials[run_id] = (time.monotonic(), need_of(name, scaling) if scaling else None, data)
         self._open[run_id] = trial_id
         self._history.setdefault(run_id, {})
         self._rows[run_id] = {"trial": name, "trial_id": trial_id, "run_id": run_id, "status": "RUNNING",
@@ -222,25 +233,50 @@ class Tracker:
             report.plot_curves(history, png, title=str(row.get("trial", "")))
             self._log_file(run_id, "curves.png", "plots", source=png)
         last = max(history) if history else (best or 0)
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"best_{k}", summary[k], now, last) for k in SUMMARY if k in summary
-                   and not math.isnan(summary[k]) and (run_id, f"best_{k}", last) not in self._seen]
         if best is not None:
             tags["best_epoch"] = str(best)
         if history:
             tags["epochs"] = str(last)
-        self._queue.submit("trial summary", lambda: self.client.log_batch(
-            run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True))
+        model: dict[str, str] = {}  # filled when the queue delivers the logged model, read by the summary
+        if state is not None:
+            from runner.tracking import pyfunc  # lazy, like torch above
+
+            trial_tags = {"trial": str(row.get("trial", "")), "within_budget": tags.get("within_budget", "")}
+            self._queue.submit("logged model", lambda: model.setdefault("id", pyfunc.log(
+                self.client, self.experiment_id, run_id, state, step=best or 0,
+                params=flatten_params(state.get("config") or {}), tags=trial_tags)))
+        started, need, data = self._trials.pop(run_id, (None, None, None))
+        costs = {} if need is None else cost.trial_cost(
+            need, time.monotonic() - started, [m.get("images_per_s", math.nan) for m in history.values()])
+        fresh = {f"best_{k}": summary[k] for k in SUMMARY if k in summary and not math.isnan(summary[k])
+                 and (run_id, f"best_{k}", last) not in self._seen}
+
+        def write_summary() -> None:
+            # best_* describe the logged model on its data set, so MLflow's model view shows them with it
+            link = {"model_id": model.get("id")}
+            if data is not None:
+                link.update(dataset_name=data.dataset.name, dataset_digest=data.dataset.digest)
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, v, now, last, **link) for k, v in fresh.items()]
+            metrics += [Metric(k, v, now, last) for k, v in costs.items()]
+            self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()],
+                                  synchronous=True)
+
+        self._queue.submit("trial summary", write_summary)
         self._queue.submit("end trial run", lambda: self.client.set_terminated(run_id, status))
         self._open.pop(run_id, None)
         row.update(status=status, epochs=last if history else None, best_epoch=best,
-                   **{k: summary.get(k) for k in SUMMARY})
+                   **{k: summary.get(k) for k in SUMMARY}, **costs)
         return row
 
     def finish_parent(self, status: str = "FINISHED", rows: list[dict] | None = None) -> list[dict]:
         """Attach the results table (CSV + Markdown) to the parent and end it; returns the display rows."""
-        table = report.results_table(rows if rows is not None else list(self._rows.values()))
+        rows = rows if rows is not None else list(self._rows.values())
+        table = report.results_table(rows)
         if self.parent_run_id:
+            now, parent = int(time.time() * 1000), self.parent_run_id
+            totals = [Metric(k, v, now, 0) for k, v in cost.total(rows).items()]
+            self._queue.submit("grid cost", lambda: self.client.log_batch(parent, metrics=totals, synchronous=True))
             self._log_file(self.parent_run_id, "results.csv", "results", text=report.to_csv_text(table))
             self._log_file(self.parent_run_id, "results.md", "results", text=report.to_markdown(table))
             run_id = self.parent_run_id

@@ -25,12 +25,12 @@ DEFAULT_STORAGE = "results"
 
 def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, scheduler: str | None,
              storage: str | None, resume: str | None, num_cpus: float | None, register_as: str | None,
-             submission: str | None, tta: int) -> int:
+             submission: str | None, tta: int | None) -> int:
     loaded = spec.load_spec(path, overrides)
     storage = _storage(storage)
-    verdicts = _preflight(loaded, storage)
+    verdicts, metas = _preflight(loaded, storage)
     experiment = _experiment_name(loaded.name, storage, resume)
-    with Tracker(loaded.name) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
+    with Tracker(loaded.name, datasets=metas) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
         restore_signals = install_signal_handlers(tracker)
         try:
             tracker.start_parent(spec_path=path, run_name=experiment, invocation_id=experiment,
@@ -50,10 +50,11 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     return 0
 
 
-def _preflight(loaded: spec.Spec, storage: str) -> dict[str, budget.Verdict]:
+def _preflight(loaded: spec.Spec, storage: str) -> tuple[dict[str, budget.Verdict], dict[str, data.Meta]]:
     """Data readable, every trial within budget (or flagged), RAY_ADDRESS answering and the storage
     writable, before any process starts or anything is written. Each data set's meta.json is read once;
-    returns each trial's budget verdict (its real parameter count)."""
+    returns each trial's budget verdict (its real parameter count) and the metas by data path (the
+    tracker logs them as the trials' data set inputs)."""
     cluster.probe_ray_address()
     try:
         store.check(storage, write=True)
@@ -76,7 +77,7 @@ def _preflight(loaded: spec.Spec, storage: str) -> dict[str, budget.Verdict]:
         except budget.BudgetError as err:
             fix = "" if "budget.mode: flag" in str(err) else "; set budget.mode: flag to train it anyway"
             raise budget.BudgetError(f"{where}: field model: {err}{fix} (it will never be registered)") from err
-    return verdicts
+    return verdicts, metas
 
 
 def _tune(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], experiment: str, storage: str,
@@ -142,7 +143,7 @@ def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
     return redact(target)
 
 
-def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, tta: int) -> None:
+def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, tta: int | None) -> None:
     from runner import submission
     from runner.tracking import registry
 
