@@ -4,6 +4,7 @@
     runner data prepare kaggle:DIR data/cifar10-mini
     runner train --data data/cifar10-mini --model wrn --depth 16 --width 4 --epochs 1
     runner check experiments/*.yaml
+    runner check --diff m1_wrn_grid#WRN-16-4 WRN5
     runner schema > experiments/spec.schema.json
     runner run experiments/smoke.yaml
     runner register SPEC_NAME | runner submit ... | runner score SUB SOLUTION | runner report SPEC_NAME
@@ -77,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = commands.add_parser("check", help="validate specs and print the resolved trials; spends nothing")
-    p.add_argument("specs", nargs="+")
+    p.add_argument("specs", nargs="*", help="spec files (with --diff, default: experiments/*.yaml)")
+    p.add_argument("--diff", nargs=2, metavar=("FROM", "TO"),
+                   help="print what trial TO changes from trial FROM (NAME or SPEC#NAME), e.g. --diff E9 E11")
     _spec_overrides(p)
     p.set_defaults(handler=_check)
 
@@ -223,6 +226,10 @@ def _check(args: argparse.Namespace) -> int:
     from runner import data, report, spec
     from runner.core import budget
 
+    if args.diff:
+        return _check_diff(args)
+    if not args.specs:
+        raise ValueError("runner check: name at least one spec file, e.g. runner check experiments/*.yaml")
     for path in args.specs:
         loaded = spec.load_spec(path, spec_overrides(args))
         print(f"\n{path}: spec {loaded.name!r}, {len(loaded.trials)} trial(s)")
@@ -249,6 +256,25 @@ def _schema(args: argparse.Namespace) -> int:
     from runner.spec.export import schema_text
 
     sys.stdout.write(schema_text())
+    return 0
+
+
+def _check_diff(args: argparse.Namespace) -> int:
+    """`runner check --diff FROM TO`: the fields trial TO changes from trial FROM, as one sentence."""
+    import glob
+
+    from runner import spec
+    from runner.spec import diff
+
+    paths = args.specs or sorted(glob.glob(os.path.join("experiments", "*.yaml")))
+    loaded = [spec.load_spec(path, spec_overrides(args)) for path in paths]
+    (spec_a, a), (spec_b, b) = (diff.find_trial(ref, loaded, spec_overrides(args)) for ref in args.diff)
+    changes = diff.differences(a.config, b.config)
+    count = "1 field differs" if len(changes) == 1 else f"{len(changes)} fields differ"
+    print(f"{spec_a.name}#{a.name} -> {spec_b.name}#{b.name}: {count}")
+    for key, old, new in changes:
+        print(f"  {key}: {diff.change(old, new)}")
+    print(diff.sentence(args.diff[0], args.diff[1], changes))
     return 0
 
 

@@ -223,6 +223,21 @@ def test_augment_equals_the_functions_in_order(cfg):
     torch.testing.assert_close(A.Augment(cfg, mean, std, channels_last=True)(u, gen(9)), x, rtol=0, atol=1e-6)
 
 
+def test_eval_views_for_each_tta_mode():
+    aug = A.Augment(ALL_ON, mean=[0.5] * 3, std=[0.25] * 3, channels_last=False)
+    u = uint8_batch(16)
+    (plain,) = aug.views(u, "none", 1)
+    assert torch.equal(plain, aug.eval(u))
+    flips = aug.views(u, "flips", 3)
+    for view, expected in zip(flips, A.tta_views(aug.eval(u), 3), strict=True):
+        assert torch.equal(view, expected)
+    assert torch.equal(flips[1], plain.flip(3))
+    # train_transforms: successive draws of the trial's own train augmentation (E6), reproducible by seed
+    drawn, g = aug.views(u, "train_transforms", 3, gen(4)), gen(4)
+    assert len(drawn) == 3 and all(torch.equal(v, aug(u, g)) for v in drawn)
+    assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], plain)
+
+
 def test_tta_views():
     x = distinct(4)
     assert len(A.tta_views(x, 1)) == 1 and torch.equal(A.tta_views(x, 1)[0], x)

@@ -164,6 +164,11 @@ CASES: dict[str, Case] = {
                        ["{tmp}/spec.yaml", "field train.epochs", "must be an integer, got 'three'"]),
     "impossible value": Case(spec_run(SPEC + "  optimizer: {lr: -0.1}\n"),
                              ["{tmp}/spec.yaml", "field optimizer.lr", "must be > 0 (got -0.1)"]),
+    "rows extending in a circle": Case(
+        spec_run(SPEC + "runs:\n  - {name: a, extends: b}\n  - {name: b, extends: a}\n"),
+        ["{tmp}/spec.yaml", "row 'a'", "field extends", "goes round in a circle: a -> b -> a"]),
+    "extends an unknown row": Case(spec_run(SPEC + "runs:\n  - {name: a, extends: E99}\n"),
+                                   ["{tmp}/spec.yaml", "row 'a'", "field extends", "no row 'E99'", "rows: a"]),
     "unknown model": Case(spec_run(SPEC.replace("name: wrn_std", "name: vgg16")),
                           ["{tmp}/spec.yaml", "field model", "vgg16", "wrn"]),
     "model over the cap under enforce": Case(

@@ -12,6 +12,7 @@ import pytest
 
 from runner import resources, spec
 from runner.cli import main
+from runner.spec import diff
 
 
 def write(tmp_path, text: str) -> str:
@@ -55,7 +56,8 @@ grid:
     assert first.config["optimizer"]["lr"] == 0.05 and first.config["train"]["batch_size"] == 16
     assert last.config["model"]["depth"] == 10 and last.config["optimizer"]["lr"] == 0.1  # the default
     assert first.reported == {"kaggle": 0.9} and last.reported == {}
-    assert first.overrides == {"optimizer.lr": 0.05, "train.batch_size": 16}
+    # what differs between the spec's trials, as `runner report` shows it
+    assert first.overrides == {"model.depth": 16, "optimizer.lr": 0.05, "train.batch_size": 16}
     assert len(loaded.sha256) == 64
 
 
@@ -122,6 +124,10 @@ runs:
     (BASE + "runs:\n  - {name: r1, optimizer.momentum: 1}\n", ["field optimizer.momentum", "in [0, 1) (got 1)"]),
     (BASE + "runs:\n  - {name: r1, augment.mixup: 1.0}\n", ["field augment.mixup", "unknown key", "cutout"]),
     (BASE + "runs:\n  - {name: r1, augment.crop_padding: 4.5}\n", ["field augment.crop_padding", "an integer"]),
+    (BASE + "runs:\n  - {name: r1, eval.views: 3}\n", ["field eval.views", "flips or train_transforms"]),
+    (BASE + "runs:\n  - {name: r1, eval: {tta: flips}}\n", ["field eval.views", "2..10 views", "got 1"]),
+    (BASE + "runs:\n  - {name: r1, eval: {tta: flips, views: 11}}\n", ["field eval.views", "2..10 views"]),
+    (BASE + "runs:\n  - {name: r1, eval.tta: mirror}\n", ["field eval.tta", "none, flips, train_transforms"]),
     (BASE + "runs:\n  - {name: r1, checkpoint: 3}\n", ["field checkpoint", "must be a mapping"]),
 ])
 def test_each_rule_refuses_with_location(tmp_path, text, fragments):
@@ -223,3 +229,122 @@ def test_editor_validation_rejects_a_typo(where, patch, complaint):
     target.update(patch)
     messages = [e.message for e in _editor().iter_errors(doc)]
     assert any(complaint in m for m in messages), messages
+
+
+def test_a_row_extends_a_row_and_overrides_only_what_it_names(tmp_path):
+    path = write(tmp_path, BASE + """
+runs:
+  - {name: a, optimizer: {lr: 0.05, nesterov: true}, augment.rotate_deg: 15}
+  - {name: b, extends: a, optimizer.lr: 0.01}
+  - {name: c, extends: b, model: {name: efficientnet, depth: 1.0}}
+  - {name: d}
+""")
+    trials = {t.name: t.config for t in spec.load_spec(path).trials}
+    assert trials["b"]["optimizer"]["lr"] == 0.01 and trials["b"]["optimizer"]["nesterov"] is True
+    assert trials["b"]["augment"]["rotate_deg"] == 15.0 and trials["b"]["train"]["epochs"] == 2  # a's, then base's
+    assert trials["c"]["model"]["name"] == "efficientnet" and "width" in trials["c"]["model"]  # no wrn arguments
+    assert trials["c"]["optimizer"]["lr"] == 0.01
+    assert trials["d"]["optimizer"]["lr"] == 0.1  # no extends: base
+
+
+def test_a_row_extends_a_row_of_another_spec_in_the_same_folder(tmp_path):
+    (tmp_path / "parent.yaml").write_text(textwrap.dedent(BASE.replace("name: t", "name: parent") + """
+runs:
+  - {name: P, optimizer: {lr: 0.3, nesterov: true}, train.label_smoothing: 0.1}
+"""))
+    path = write(tmp_path, "name: child\nruns:\n  - {name: C, extends: parent#P, optimizer.lr: 0.2}\n")
+    (child,) = spec.load_spec(path, ["train.epochs=3"]).trials
+    assert child.config["optimizer"] == {**child.config["optimizer"], "lr": 0.2, "nesterov": True}
+    assert child.config["train"]["label_smoothing"] == 0.1 and child.config["train"]["epochs"] == 3
+    assert child.config["model"]["depth"] == 16  # parent's base
+
+
+@pytest.mark.parametrize("rows, fragments", [
+    ("  - {name: a, extends: b}\n  - {name: b, extends: a}\n", ["row 'a'", "field extends", "circle", "a -> b -> a"]),
+    ("  - {name: a, extends: a}\n", ["field extends", "a -> a"]),
+    ("  - {name: a, extends: E99}\n", ["row 'a'", "field extends", "no row 'E99'", "rows: a"]),
+    ("  - {name: a, extends: nospec#X}\n", ["row 'a'", "field extends", "no spec file", "nospec.yaml"]),
+    ("  - {name: a, extends: 3}\n", ["row 'a'", "field extends", "SPEC#ROW"]),
+])
+def test_extends_refuses_cycles_and_unknown_rows_naming_them(tmp_path, rows, fragments):
+    refuse(tmp_path, BASE + "runs:\n" + rows, *fragments)
+
+
+def test_extends_refuses_a_row_of_a_spec_with_a_grid(tmp_path):
+    (tmp_path / "g.yaml").write_text(BASE + "runs:\n  - {name: X}\ngrid:\n  optimizer.lr: [0.1, 0.2]\n")
+    refuse(tmp_path, "name: t\nruns:\n  - {name: a, extends: g#X}\n", "row 'a'", "has a `grid:`")
+
+
+M4 = "m4_effnet_series"
+
+
+@pytest.mark.parametrize("pair, expected", [  # issue 14's done-when lines: exactly these fields, nothing else
+    (("E9", "E11"), [f"{M4}#E9 -> {M4}#E11: 1 field differs", "  model.drop_connect: 0.5 -> 0.2",
+                     "E11 = E9 with model.drop_connect 0.5 -> 0.2"]),
+    (("E5", "E6"), [f"{M4}#E5 -> {M4}#E6: 1 field differs", "  eval.tta: none -> train_transforms",
+                    "E6 = E5 with eval.tta none -> train_transforms"]),
+    (("m1_wrn_grid#WRN-16-4", "WRN5"), [
+        "m1_wrn_grid#WRN-16-4 -> m2_wrn16_4#WRN5: 2 fields differ", "  optimizer.lr: 0.1 -> 0.2",
+        "  schedule.fractions: [0.3, 0.6, 0.8] -> [0.3, 0.5, 0.7, 0.9]",
+        "WRN5 = m1_wrn_grid#WRN-16-4 with optimizer.lr 0.1 -> 0.2, schedule.fractions [0.3, 0.6, 0.8] -> "
+        "[0.3, 0.5, 0.7, 0.9]"]),
+])
+def test_check_diff_prints_the_reports_sentence(capsys, pair, expected):
+    assert main(["check", "--diff", *pair]) == 0  # default: the shipped specs
+    assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_check_diff_refuses_a_missing_or_ambiguous_trial(tmp_path, capsys):
+    assert main(["check", "--diff", "E9", "E99"]) == 2
+    assert "no trial named 'E99'" in capsys.readouterr().err
+    one = write(tmp_path, BASE + "runs:\n  - {name: E9}\n")
+    assert main(["check", one, "experiments/m4_effnet_series.yaml", "--diff", "E9", "E11"]) == 2
+    assert "'E9' is a trial of t, m4_effnet_series; write SPEC#E9" in capsys.readouterr().err
+    assert main(["check", one, "experiments/m4_effnet_series.yaml", "--diff", "t#E9", "m4_effnet_series#E9"]) == 0
+    out = capsys.readouterr().out
+    assert "t#E9 -> m4_effnet_series#E9:" in out and "  model.name: wrn -> efficientnet" in out
+    assert "  model.stem: (not set) -> cifar" in out  # an argument only the other model family has
+
+
+def _fidelity_chains() -> list[tuple[str, str, str, set[str]]]:
+    """(spec, row, parent, fields) from the Chains table of docs/fidelity.md."""
+    text = Path("docs/fidelity.md").read_text()
+    section = text.split("\n## Chains\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| m")]
+    return [(s.strip(), r.strip(), p.strip(), {f.strip() for f in fields.split(",")}) for s, r, p, fields in rows]
+
+
+def test_each_row_differs_from_its_parent_in_exactly_the_fields_the_report_names():
+    chains = _fidelity_chains()
+    assert len(chains) >= 25
+    loaded: dict[str, spec.Spec] = {}
+
+    def trial(name: str, default_spec: str) -> spec.Trial:
+        spec_name, _, row = name.rpartition("#")
+        spec_name = spec_name or default_spec
+        if spec_name not in loaded:
+            loaded[spec_name] = spec.load_spec(f"experiments/{spec_name}.yaml")
+        return next(t for t in loaded[spec_name].trials if t.name == row)
+
+    for spec_name, row, parent, fields in chains:
+        changed = {key for key, _, _ in diff.differences(trial(parent, spec_name).config, trial(row, spec_name).config)}
+        assert changed == fields, (spec_name, row, parent, changed ^ fields)
+        raw = next(r for r in spec.load_yaml_file(f"experiments/{spec_name}.yaml")["runs"] if r["name"] == row)
+        assert raw.get("extends") in (None, parent), (row, raw.get("extends"))
+
+
+def test_the_fidelity_page_covers_every_row_of_every_replay_spec():
+    text = Path("docs/fidelity.md").read_text()
+    for path in sorted(glob.glob("experiments/m*.yaml")):
+        for t in spec.load_spec(path).trials:
+            assert f"{t.name}" in text, (path, t.name)
+    readme = Path("README.md").read_text()
+    assert "docs/fidelity.md" in readme.split("| spec | the report's table |", 1)[1].split("\n\n", 1)[0]
+
+
+def test_the_readme_spec_example_resolves(tmp_path):
+    block = Path("README.md").read_text().split("### Specs", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    trials = {t.name: t.config for t in spec.load_spec(write(tmp_path, block)).trials}
+    variant = trials["WRN-40-2-plain-sgd/lr=0.1"]
+    assert variant["model"]["depth"] == 40 and variant["optimizer"]["sam_rho"] == 0.0
+    assert trials["WRN-40-2/lr=0.05"]["optimizer"]["sam_rho"] == 2.0 and len(trials) == 4

@@ -122,3 +122,17 @@ def test_epoch_milestones_cosine_warmup_plateau_cyclic():
     assert plateau[0] == 1 and plateau[-1] < 1
     cyclic = lrs({"name": "cyclic", "cycle_epochs": 4, "max_lr": 2.0}, 5)
     assert cyclic[0] == 1 and cyclic[2] == pytest.approx(2.0) and cyclic[4] == pytest.approx(1.0)
+
+
+def test_eval_views_change_the_scoring_and_never_the_training_draws():
+    cfg = {"train.epochs": 1, "data.path": "synthetic:300"}
+    modes = {"none": {}, "flips": {"eval.tta": "flips", "eval.views": 2},
+             "train_transforms": {"eval.tta": "train_transforms", "eval.views": 2}}
+    seen: dict[str, list] = {name: [] for name in modes}
+    for name, scoring in modes.items():
+        trial = tiny(**cfg, **scoring)
+        train.fit(trial, *splits(trial), lambda m, state, out=seen[name]: out.append(m))
+    for name in ("flips", "train_transforms"):
+        assert [m["train_loss"] for m in seen[name]] == [m["train_loss"] for m in seen["none"]]
+        assert seen[name][-1]["val_loss"] != seen["none"][-1]["val_loss"]
+        assert 0.0 <= seen[name][-1]["val_acc"] <= 1.0

@@ -13,7 +13,7 @@ i.e. the data set's mean colour.
     aug = Augment(cfg["augment"], mean=meta_mean, std=meta_std, channels_last=True)
     x = aug(split.images[idx].to(device), generator)      # training batch
     x = aug.eval(split.images[idx].to(device))            # evaluation batch
-    views = tta_views(x, k=2)                             # caller averages softmax over views
+    views = aug.views(images, "flips", 2)                 # the eval group's views; caller averages softmax
 
 Timing: `python bench/augment.py` (images/s against a torchvision PIL DataLoader).
 """
@@ -235,7 +235,20 @@ class Augment:
         mean, std = self._stats(images.device)
         return to_float(images, mean, std, self.channels_last)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def views(self, images: torch.Tensor, tta: str, views: int,
+              generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """The evaluation views of a uint8 batch (the `eval` config group), each a normalised float batch;
+        the caller averages the softmax over them.
+
+        none: the image itself (`views` is 1). flips: `tta_views` (identity, mirror, then 2-pixel shifts).
+        train_transforms: `views` draws of this trial's own train augmentation from `generator`, as the
+        report's E6 did ("test images get the train transforms")."""
+        if tta == "train_transforms":
+            return [self(images, generator) for _ in range(views)]
+        x = self.eval(images)
+        return tta_views(x, views) if tta == "flips" else [x]
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         c = self.cfg
         mean, std = self._stats(images.device)
         jitter = (c["brightness"], c["contrast"], c["saturation"])

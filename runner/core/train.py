@@ -108,7 +108,7 @@ def _epoch(run: _Run, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
     generator = _seed_epoch(run, epoch)
     lr = run.optimizer.param_groups[0]["lr"]
     train_sums = _train_epoch(run, train_x, train_y, generator)
-    val_sums, confusion = _evaluate(run, val_x, val_y)
+    val_sums, confusion = _evaluate(run, val_x, val_y, _eval_generator(run, epoch))
     sums = torch.cat([train_sums, val_sums])
     if run.world > 1:
         dist.all_reduce(sums)
@@ -175,9 +175,10 @@ def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor,
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, images: torch.Tensor | None,
-              labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss sum, correct, seen) and the confusion matrix (rows = true class) on the val split."""
+def _evaluate(run: _Run, images: torch.Tensor | None, labels: torch.Tensor | None,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss sum, correct, seen) and the confusion matrix (rows = true class) on the val split, scored
+    as the trial's `eval` group says."""
     c = run.num_classes
     sums = torch.zeros(2, device=run.device, dtype=torch.float64)
     confusion = torch.zeros(c * c, device=run.device, dtype=torch.int64)
@@ -185,15 +186,32 @@ def _evaluate(run: _Run, images: torch.Tensor | None,
         return torch.zeros(3, device=run.device, dtype=torch.float64), confusion.view(c, c)
     run.eval_model.eval()
     for start in range(0, len(labels), EVAL_BATCH):
-        x, y = run.augment.eval(images[start:start + EVAL_BATCH]), labels[start:start + EVAL_BATCH]
-        with _autocast(run):
-            logits = run.eval_model(x).float()
+        y = labels[start:start + EVAL_BATCH]
+        logits = _eval_logits(run, images[start:start + EVAL_BATCH], generator)
         predicted = logits.argmax(1)
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), (predicted == y).sum().double()])
         # index_add_, not bincount: CUDA's bincount reads the max back to the host (a sync per batch).
         confusion.index_add_(0, y * c + predicted, torch.ones_like(y))
     seen = torch.full((1,), float(len(labels)), dtype=torch.float64, device=run.device)
     return torch.cat([sums, seen]), confusion.view(c, c)
+
+
+def _eval_logits(run: _Run, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One view's logits, or the log of the softmax averaged over the eval views: cross-entropy and argmax
+    read both alike (log-softmax of log-probabilities that sum to 1 is the identity)."""
+    views = run.augment.views(images, run.cfg["eval"]["tta"], run.cfg["eval"]["views"], generator)
+    with _autocast(run):
+        outs = [run.eval_model(x).float() for x in views]
+    if len(outs) == 1:
+        return outs[0]
+    return torch.stack([out.softmax(1) for out in outs]).mean(0).clamp_min_(1e-12).log_()
+
+
+def _eval_generator(run: _Run, epoch: int) -> torch.Generator:
+    """Draws for `eval.tta: train_transforms`, apart from training's so that scoring never shifts them."""
+    generator = torch.Generator(device=run.device)
+    generator.manual_seed((run.cfg["train"]["seed"] * 1_000_003 + epoch * 1009 + run.rank + 500_009) % (2**63))
+    return generator
 
 
 def _autocast(run: _Run) -> torch.autocast:

@@ -1,9 +1,10 @@
 """Experiment specs: YAML -> validated spec -> resolved trial configs.
 
 The only module that reads YAML. A spec file holds `name`, a `base` trial config, and a matrix:
-`grid:` (cartesian axes over dotted keys) and/or `runs:` (named rows overriding `base`), plus
-`reported:` figures copied from the original report. Every resolved trial is a complete nested
-dict of plain values, validated by `runner/spec/schema.py` (which holds every default).
+`grid:` (cartesian axes over dotted keys) and/or `runs:` (named rows over `base`, or over the row
+they `extends:`, runner/spec/rows.py), plus `reported:` figures copied from the original report.
+Every resolved trial is a complete nested dict of plain values, validated by `runner/spec/schema.py`
+(which holds every default).
 
     spec = load_spec("experiments/m1_wrn_grid.yaml", overrides=["train.epochs=2"])
     for trial in spec.trials: trial.name, trial.config, trial.reported
@@ -11,8 +12,10 @@ dict of plain values, validated by `runner/spec/schema.py` (which holds every de
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +23,10 @@ from typing import Any
 import yaml
 
 from runner import keys
+from runner.spec.rows import Chains, base_for, check_reported, flatten
 from runner.spec.schema import SpecError, validate
 
 SPEC_KEYS = {"name", "description", "base", "grid", "runs", "reported"}
-ROW_KEYS = {"name", "reported"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Trial:
     name: str
     config: dict
     reported: dict = field(default_factory=dict)
-    overrides: dict = field(default_factory=dict)  # the dotted keys this row varies (for result tables)
+    overrides: dict = field(default_factory=dict)  # dotted keys whose value differs between the spec's trials
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,18 @@ class Spec:
 
 def load_spec(path: str, overrides: Iterable[str] = ()) -> Spec:
     """Read, validate and resolve a spec file; `overrides` are `dotted.key=value` strings (CLI `--set`)."""
+    raw, text = read_raw(path)
+    cli = {}
+    for item in overrides:
+        key, value = parse_override(item, path)
+        cli[key] = value
+    trials = resolve(raw, path, cli)
+    return Spec(name=raw["name"], path=path, sha256=hashlib.sha256(text).hexdigest(),
+                description=str(raw.get("description", "")), trials=trials)
+
+
+def read_raw(path: str) -> tuple[dict, bytes]:
+    """The spec file's YAML mapping (top-level keys and `name:` checked) and its bytes."""
     try:
         with open(path, "rb") as fh:
             text = fh.read()
@@ -65,13 +80,7 @@ def load_spec(path: str, overrides: Iterable[str] = ()) -> Spec:
     if not isinstance(name, str) or not name.strip():
         raise SpecError(path, "`name:` (a non-empty string) is required; it names the MLflow experiment",
                         field="name")
-    cli = {}
-    for item in overrides:
-        key, value = parse_override(item, path)
-        cli[key] = value
-    trials = resolve(raw, path, cli)
-    return Spec(name=name, path=path, sha256=hashlib.sha256(text).hexdigest(),
-                description=str(raw.get("description", "")), trials=trials)
+    return raw, text
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -98,50 +107,45 @@ def parse_override(item: str, file: str = "--set") -> tuple[str, Any]:
 
 
 def resolve(raw: dict, file: str, cli: dict | None = None) -> list[Trial]:
-    """The cartesian product of `runs` x `grid`, each applied over `base`, then CLI overrides."""
-    base = raw.get("base") or {}
-    if not isinstance(base, dict):
-        raise SpecError(file, "`base:` must be a mapping of config groups", field="base")
-    base_flat = flatten(base, file, row="base")
-    rows = _rows(raw.get("runs"), file)
+    """The cartesian product of `runs` x `grid`, each row over its parent (or `base`), then CLI overrides."""
+    cli = cli or {}
+    chains = Chains(lambda p: raw if os.path.abspath(p) == os.path.abspath(file) else read_raw(p)[0])
+    base, rows, _ = chains.spec(file)
+    starts = [(r.name, chains.config(file, r.name), r.reported) for r in rows.values()] or [(None, base, {})]
     axes = _axes(raw.get("grid"), file)
     reported_table = _reported_table(raw.get("reported"), file)
     trials, seen = [], set()
-    for row_name, row_flat, row_reported in rows:
+    for row_name, row_flat, row_reported in starts:
         for combo in itertools.product(*[[(k, v) for v in values] for k, values in axes]):
             grid_part = dict(combo)
             name = _trial_name(row_name, grid_part)
             if name in seen:
                 raise SpecError(file, "two trials resolve to the same name; give runs distinct names", row=name)
             seen.add(name)
-            flat = {**_base_for(base_flat, {**row_flat, **grid_part, **(cli or {})}),
-                    **row_flat, **grid_part, **(cli or {})}
-            try:
-                config = validate(unflatten(flat, file, name), file, row=name)
-            except SpecError as err:  # a bad value typed on the command line: say so, not only the file
-                if cli and err.field in cli:
-                    err.args = (f"{err} (from the command line: --set {err.field}={cli[err.field]})",)
-                raise
-            varied = {**row_flat, **grid_part}
+            changes = {**grid_part, **cli}
+            config = _validated({**base_for(row_flat, changes), **changes}, file, name, cli)
             reported = row_reported or _match_reported(reported_table, config)
-            trials.append(Trial(name=name, config=config, reported=reported, overrides=varied))
-    return trials
+            trials.append(Trial(name=name, config=config, reported=reported))
+    return _with_varied(trials)
 
 
-def _base_for(base_flat: dict, changes: dict) -> dict:
-    """A row that switches model family must not inherit the base family's arguments."""
-    new_model = changes.get("model.name")
-    if new_model is None or new_model == base_flat.get("model.name"):
-        return base_flat
-    return {k: v for k, v in base_flat.items() if not k.startswith("model.")}
-
-
-def flatten(tree: dict, file: str, row: str) -> dict:
-    """Nested mapping -> {dotted.key: leaf}; dotted keys may also be written directly."""
+def _validated(flat: dict, file: str, name: str, cli: dict) -> dict:
     try:
-        return keys.flatten(tree)
-    except TypeError as err:
-        raise SpecError(file, str(err), row=row) from None
+        return validate(unflatten(flat, file, name), file, row=name)
+    except SpecError as err:  # a bad value typed on the command line: say so, not only the file
+        if cli and err.field in cli:
+            err.args = (f"{err} (from the command line: --set {err.field}={cli[err.field]})",)
+        raise
+
+
+def _with_varied(trials: list[Trial]) -> list[Trial]:
+    """Each trial's `overrides`: the dotted keys whose value differs between the spec's trials (as
+    `runner report` computes them from MLflow), so a results line says what it changed."""
+    flats = [keys.flatten(t.config) for t in trials]
+    every = list(dict.fromkeys(k for f in flats for k in f))
+    varied = [k for k in every if len({repr(f.get(k)) for f in flats}) > 1]
+    return [dataclasses.replace(t, overrides={k: f[k] for k in varied if k in f})
+            for t, f in zip(trials, flats, strict=True)]
 
 
 def unflatten(flat: dict, file: str, row: str) -> dict:
@@ -152,23 +156,6 @@ def unflatten(flat: dict, file: str, row: str) -> dict:
     if "model" in tree and "name" not in tree["model"]:
         raise SpecError(file, "model.name is required", row=row, field="model.name")
     return tree
-
-
-def _rows(runs: Any, file: str) -> list[tuple[str | None, dict, dict]]:
-    if runs is None:
-        return [(None, {}, {})]
-    if not isinstance(runs, list) or not runs:
-        raise SpecError(file, "`runs:` must be a non-empty list of rows, each with `name:`", field="runs")
-    rows = []
-    for i, run in enumerate(runs):
-        if not isinstance(run, dict) or not isinstance(run.get("name"), (str, int)):
-            raise SpecError(file, f"row #{i + 1} needs a `name:`", field=f"runs[{i}]")
-        name = str(run["name"])
-        reported = run.get("reported") or {}
-        _check_reported(reported, file, name)
-        overrides = {k: v for k, v in run.items() if k not in ROW_KEYS}
-        rows.append((name, flatten(overrides, file, name), dict(reported)))
-    return rows
 
 
 def _axes(grid: Any, file: str) -> list[tuple[str, list]]:
@@ -196,18 +183,9 @@ def _reported_table(reported: Any, file: str) -> list[tuple[dict, dict]]:
         if not isinstance(entry, dict) or not isinstance(entry.get("where"), dict):
             raise SpecError(file, "each entry needs `where:` (dotted keys of the grid)", field=f"reported[{i}]")
         figures = {k: v for k, v in entry.items() if k != "where"}
-        _check_reported(figures, file, f"reported[{i}]")
+        check_reported(figures, file, f"reported[{i}]")
         table.append((flatten(entry["where"], file, f"reported[{i}]"), figures))
     return table
-
-
-def _check_reported(figures: Any, file: str, row: str) -> None:
-    if not isinstance(figures, dict):
-        raise SpecError(file, "`reported:` must map figure names to numbers", row=row, field="reported")
-    for key, value in figures.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
-            raise SpecError(file, "a reported figure is a number (or a short note)", row=row,
-                            field=f"reported.{key}")
 
 
 def _match_reported(table: list[tuple[dict, dict]], config: dict) -> dict:

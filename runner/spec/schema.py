@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 import models
+from runner.core.augment import MAX_TTA_VIEWS
 from runner.core.optim import OPTIMIZERS
 from runner.core.schedule import SCHEDULES
 from runner.spec.messages import SpecError, spec_error
@@ -132,6 +133,16 @@ class Scaling(Group):
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
+class Eval(Group):
+    """How validation (and, unless the command line says otherwise, the registered model and `runner
+    submit`) scores an image: the softmax averaged over `views` views of it."""
+
+    tta: Literal["none", "flips", "train_transforms"] = Field(
+        "none", description="none: the image once; flips: itself, its mirror, then 2-pixel shifts; "
+                            "train_transforms: draws of the trial's own train augmentation (the report's E6)")
+    views: int = Field(1, ge=1, description="views averaged per image: 1 with tta none; 2..10 with flips")
+
+
 class Checkpoint(Group):
     keep: int = Field(2, ge=1, description="best N by val accuracy")
 
@@ -167,6 +178,7 @@ class TrialConfig(Group):
     train: Train = Field(default_factory=Train)
     budget: Budget = Field(default_factory=Budget)
     scaling: Scaling = Field(default_factory=Scaling)
+    eval: Eval = Field(default_factory=Eval)
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
     max_failures: int = Field(0, ge=-1, description="-1 = retry forever")
 
@@ -192,6 +204,13 @@ def _check_cross_fields(cfg: dict, file: str, row: str | None) -> None:
     if 0 < warmup and warmup >= epochs:
         raise SpecError(file, f"warmup ({warmup}) must be shorter than train.epochs ({epochs})", row=row,
                         field="schedule.warmup_epochs")
+    tta, views = cfg["eval"]["tta"], cfg["eval"]["views"]
+    if tta == "none" and views > 1:
+        raise SpecError(file, f"{views} views need eval.tta flips or train_transforms (none scores the plain "
+                              "image once)", row=row, field="eval.views")
+    if tta == "flips" and not 2 <= views <= MAX_TTA_VIEWS:
+        raise SpecError(file, f"flips takes 2..{MAX_TTA_VIEWS} views (the image, its mirror, then 2-pixel "
+                              f"shifts of each), got {views}", row=row, field="eval.views")
     if cfg["schedule"]["name"] == "milestones" and not cfg["schedule"]["milestones"]:
         raise SpecError(file, "schedule `milestones` needs a list, e.g. [43, 45, 47]", row=row,
                         field="schedule.milestones")
