@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", dest="register", action="store_const", const="",
                    help="skip registering the best trial")
     p.add_argument("--submission", metavar="FILE", help="write a submission from the registered model")
-    p.add_argument("--tta", type=int, help="test-time views for --submission (default: the trial's own setting)")
+    p.add_argument("--tta", type=_tta, metavar="N|MODE[:N]",
+                   help="test-time augmentation for --submission (default: the trial's own eval group)")
     p.set_defaults(handler=_run)
 
     p = commands.add_parser("register", help="register the best in-budget trial of a spec's latest run")
@@ -115,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="models:/NAME@alias, runs:/ID/..., or a checkpoint path")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--tta", type=int, help="test-time views (default: the model's own evaluation setting)")
+    p.add_argument("--tta", type=_tta, metavar="N|MODE[:N]",
+                   help="test-time augmentation: N flip views (1: none), or none, flips:N, train_transforms:N "
+                        "(default: the model's own eval group)")
     p.set_defaults(handler=_submit)
 
     p = commands.add_parser("score", help="accuracy of a submission against a solution file")
@@ -157,6 +160,23 @@ def _absolute_if_local(path: str) -> str:
     if "://" in path or path.startswith("synthetic") or not os.path.exists(path):
         return path
     return os.path.abspath(path)
+
+
+def _tta(text: str) -> dict:
+    """`--tta`: N (N flip views; 1 is none, as before the eval group existed) or MODE[:N]; checked by the
+    schema's own eval rules while the arguments are parsed, so a bad value costs nothing."""
+    from runner import spec
+
+    mode, _, count = text.partition(":")
+    try:
+        views = int(count) if count else None
+        if mode.lstrip("-").isdigit():
+            mode, views = ("none" if int(mode) == 1 else "flips"), int(mode)
+        if views is None:
+            views = 2 if mode == "flips" else 1
+        return spec.trial_config({"eval.tta": mode, "eval.views": views}, file="--tta")["eval"]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
 
 
 def _number(text: str) -> int | float:
@@ -287,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
 
     return run_spec(args.spec, spec_overrides(args), max_concurrent=args.max_concurrent, scheduler=args.scheduler,
                     storage=args.storage, resume=args.resume, num_cpus=args.num_cpus,
-                    register_as=args.register, submission=args.submission, tta=args.tta)
+                    register_as=args.register, submission=args.submission, eval=args.tta)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -309,7 +329,7 @@ def _register(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from runner import submission
 
-    print(f"wrote {submission.make_submission(args.model, args.data, args.out, tta=args.tta)}")
+    print(f"wrote {submission.make_submission(args.model, args.data, args.out, eval=args.tta)}")
     return 0
 
 

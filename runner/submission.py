@@ -6,7 +6,7 @@ Reads a model (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/ID[/model]`,
 predicts through its loaded pyfunc (the call `mlflow models serve` makes); a checkpoint through
 `runner.core.predict` directly, which the pyfunc wraps: one predict path either way.
 
-    runner submit --model models:/m1_wrn_grid@champion --data data/cifar10-mini --out submission.csv --tta 4
+    runner submit --model models:/m1_wrn_grid@champion --data data/cifar10-mini --out submission.csv --tta flips:4
     runner score submission.csv solution.csv       # also logs `kaggle` on the model's run
 
 MLflow is reached only through `runner.tracking.registry`, imported when needed.
@@ -17,14 +17,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from runner import data
-from runner.core import augment, checkpoint
+from runner.core import checkpoint
 from runner.core.predict import Predictor
 from runner.files import atomic_write_text
 
@@ -47,7 +47,7 @@ class Classifier(Protocol):
 
     classes: list[str]
 
-    def probabilities(self, images: torch.Tensor, tta: int | None = None) -> torch.Tensor: ...
+    def probabilities(self, images: torch.Tensor, eval: Mapping[str, Any] | None = None) -> torch.Tensor: ...
 
 
 def load_for_inference(uri: str, device: str | torch.device | None = None) -> Classifier:
@@ -163,13 +163,12 @@ def score_and_log(submission_csv: str | os.PathLike, solution_csv: str | os.Path
         return accuracy, None
 
 
-def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, tta: int | None = None,
-                    device: str | torch.device | None = None) -> Path:
+def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *,
+                    eval: Mapping[str, Any] | None = None, device: str | torch.device | None = None) -> Path:
     """`runner submit`: predict a prepared data set's test split and write the CSV in sample_submission
-    order; `tta` views override the model's own evaluation setting. The file is also attached to the
-    model's MLflow run (a failure there only warns: the CSV is already written)."""
-    if tta is not None and not 1 <= tta <= augment.MAX_TTA_VIEWS:  # refused before anything is loaded
-        raise SubmissionError(f"--tta {tta}: test-time views must be between 1 and {augment.MAX_TTA_VIEWS}")
+    order; `eval` ({"tta", "views"}, checked by the caller: `runner.spec.eval_override`) overrides the
+    model's own evaluation setting. The file is also attached to the model's MLflow run (a failure
+    there only warns: the CSV is already written)."""
     model = load_for_inference(model_uri, device)
     meta = data.read_meta(data_path)
     if list(meta.classes) != list(model.classes):
@@ -177,7 +176,7 @@ def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *, t
                               f"{data_path} has {meta.classes[:5]}...; submit with the data set the model was "
                               "trained on")
     split = data.load_split(data_path, "test")
-    labels = model.probabilities(split.images, tta).argmax(1)
+    labels = model.probabilities(split.images, eval).argmax(1)
     path = write_submission(out, split.ids, labels, model.classes, meta.label_names_are_ints, order=meta.test_ids)
     try:
         log_submission(getattr(model, "run_id", None), path)  # a bare checkpoint belongs to no run

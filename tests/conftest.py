@@ -257,13 +257,14 @@ def tiny_checkpoint() -> object:
 @_pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: _pytest.TempPathFactory) -> _Path:
     """A real checkpoint of `runner.core.train.fit`: WRN-10-1, 2 epochs on `synthetic:200` (its predictions
-    differ per image and class, unlike an untrained network's uniform ones)."""
+    differ per image and class, unlike an untrained network's uniform ones), scored with 2 flip views."""
     from runner import data, spec
     from runner.core import checkpoint, train
 
     folder = tmp_path_factory.mktemp("trained")
     cfg = spec.trial_config({"data.path": "synthetic:200", "model.name": "wrn", "model.depth": 10,
-                             "model.width": 1, "train.epochs": 2, "train.batch_size": 32, "optimizer.lr": 0.05})
+                             "model.width": 1, "train.epochs": 2, "train.batch_size": 32, "optimizer.lr": 0.05,
+                             "eval.tta": "flips", "eval.views": 2})
     split, val = data.load_train_shard("synthetic:200", rank=0, world=1, val_fraction=0.2, seed=0)
     train.fit(cfg, split, val, data.read_meta("synthetic:200").classes,
               lambda metrics, state: checkpoint.save(state(), folder))

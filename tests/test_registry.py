@@ -130,7 +130,8 @@ def test_registered_model_is_self_contained_and_says_what_it_takes(grid: dict, e
     assert inputs["tensor-spec"] == {"dtype": "uint8", "shape": [-1, 32, 32, 3]}
     outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
     assert outputs == ["label"] + [f"prob_{c}" for c in data.read_meta(DATA).classes]
-    assert [p["name"] for p in json.loads(mlmodel["signature"]["params"])] == ["tta"]
+    params = {p["name"]: p["default"] for p in json.loads(mlmodel["signature"]["params"])}
+    assert params == {"tta": "flips", "views": 2}  # the trial's own eval group
     example = np.asarray(json.loads((local / "input_example.json").read_text()))
     assert example.shape == (2, 32, 32, 3)
 
@@ -140,16 +141,19 @@ def test_submission_through_the_registry_equals_the_checkpoints_predictions(grid
     test = data.load_split(DATA, "test")
     loaded = submit.load_for_inference("models:/m1@champion")
     direct = Predictor.from_state(checkpoint.load(grid["trained"]))
-    for tta in (None, 2):
-        assert torch.allclose(loaded.probabilities(test.images, tta), direct.probabilities(test.images, tta),
-                              atol=1e-6)
+    plain, flips = {"tta": "none", "views": 1}, {"tta": "flips", "views": 2}
+    assert torch.allclose(loaded.probabilities(test.images), direct.probabilities(test.images, flips), atol=1e-6)
+    assert not torch.allclose(loaded.probabilities(test.images), direct.probabilities(test.images, plain))
+    for settings in (plain, {"tta": "flips", "views": 4}, {"tta": "train_transforms", "views": 3}):
+        assert torch.allclose(loaded.probabilities(test.images, settings),
+                              direct.probabilities(test.images, settings), atol=1e-6)
     by_run = submit.load_for_inference(f"runs:/{grid['runs']['good']}")
     assert torch.allclose(by_run.probabilities(test.images), direct.probabilities(test.images), atol=1e-6)
 
-    out = submit.make_submission("models:/m1@champion", DATA, tmp_path / "submission.csv", tta=2)
+    out = submit.make_submission("models:/m1@champion", DATA, tmp_path / "submission.csv", eval=plain)
     with open(out, newline="") as fh:
         rows = {r["id"]: r["label"] for r in csv.DictReader(fh)}
-    assert rows == dict(zip(test.ids, direct.labels(direct.probabilities(test.images, 2)), strict=True))
+    assert rows == dict(zip(test.ids, direct.labels(direct.probabilities(test.images, plain)), strict=True))
     files = MlflowClient(env_uri).list_artifacts(grid["runs"]["good"], "submissions")
     assert [f.path for f in files] == ["submissions/submission.csv"]
 
@@ -231,10 +235,12 @@ def test_mlflow_models_serve_answers_raw_images_as_runner_submit_predicts(grid: 
         served = torch.tensor([[p[f"prob_{c}"] for c in loaded.classes] for p in predictions], dtype=torch.float64)
         assert torch.allclose(served, loaded.probabilities(test.images).double(), atol=1e-6)
 
-        status, answer = _post(url + "/invocations", {"inputs": test.images[:3].tolist(), "params": {"tta": 2}})
+        other = {"tta": "flips", "views": 4}
+        status, answer = _post(url + "/invocations", {"inputs": test.images[:3].tolist(), "params": other})
         served = torch.tensor([[p[f"prob_{c}"] for c in loaded.classes] for p in answer["predictions"]],
                               dtype=torch.float64)
-        assert status == 200 and torch.allclose(served, loaded.probabilities(test.images[:3], 2).double(), atol=1e-6)
+        assert status == 200
+        assert torch.allclose(served, loaded.probabilities(test.images[:3], other).double(), atol=1e-6)
 
         status, answer = _post(url + "/invocations", {"inputs": test.images[:2, :16].tolist()})
         assert status == 400 and "does not match expected shape (-1, 32, 32, 3)" in answer["message"]

@@ -52,12 +52,13 @@ def test_write_submission_order_labels_and_atomic(tmp_path: Path) -> None:
 def test_predictor_averages_softmax_over_tta_views_from_raw_uint8(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = models.build("wrn", 4, depth=10, width=1)
-    torch.nn.init.normal_(net.state_dict()[[k for k in net.state_dict() if k.endswith("weight")][-1]])  # not uniform
+    torch.nn.init.normal_(net.state_dict()[[k for k in net.state_dict() if k.endswith("weight")][-1]], std=0.01)
     state = {"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
              "classes": list("wxyz"), "mean": [0.5] * 3, "std": [0.25] * 3, "image_shape": [32, 32, 3]}
     predictor = Predictor.from_state(state)
     images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
-    probs = predictor.probabilities(images, tta=2, batch_size=2)  # the last batch holds one image
+    flips = {"tta": "flips", "views": 2}
+    probs = predictor.probabilities(images, flips, batch_size=2)  # the last batch holds one image
     assert probs.shape == (5, 4) and torch.allclose(probs.sum(1), torch.ones(5))
     x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
     with torch.no_grad():
@@ -65,7 +66,29 @@ def test_predictor_averages_softmax_over_tta_views_from_raw_uint8(tmp_path: Path
         expected = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
     assert torch.allclose(probs, expected, atol=1e-5)
     assert predictor.labels(probs) == ["wxyz"[i] for i in expected.argmax(1).tolist()]
-    assert torch.allclose(predictor.probabilities(images.numpy()), predictor.probabilities(images, tta=1))
+    assert predictor.eval == {"tta": "none", "views": 1}  # a checkpoint without an eval group: no TTA
+    assert torch.allclose(predictor.probabilities(images.numpy()), net(x).softmax(1), atol=1e-5)
+    with pytest.raises(InputError, match=r"tta flips takes 2..10 views, got 11"):
+        predictor.probabilities(images, {"tta": "flips", "views": 11})
+    with pytest.raises(InputError, match=r"3 views need tta flips or train_transforms"):
+        predictor.probabilities(images, {"views": 3})
+
+
+def test_train_transforms_views_draw_the_trials_own_augmentation_reproducibly() -> None:
+    from runner import spec
+
+    torch.manual_seed(0)
+    net = models.build("wrn", 4, depth=10, width=1)
+    torch.nn.init.normal_(net.state_dict()[[k for k in net.state_dict() if k.endswith("weight")][-1]], std=0.01)
+    cfg = spec.trial_config({"model.name": "wrn", "model.depth": 10, "model.width": 1, "augment.cutout": 8,
+                             "eval.tta": "train_transforms", "eval.views": 4})
+    state = {"model": net.state_dict(), "config": cfg, "classes": list("wxyz"), "mean": [0.5] * 3,
+             "std": [0.25] * 3}
+    predictor = Predictor.from_state(state)
+    images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
+    drawn = predictor.probabilities(images)
+    assert torch.equal(drawn, predictor.probabilities(images))  # seeded: the same call, the same draws
+    assert not torch.allclose(drawn, predictor.probabilities(images, {"tta": "none", "views": 1}))
 
 
 def test_predictor_refuses_images_it_cannot_take_naming_what_it_takes() -> None:
@@ -101,18 +124,33 @@ def test_make_submission_from_a_checkpoint_scores_against_synthetic_labels(tmp_p
     torch.save(state, tmp_path / "state.pt")
     previous = os.umask(0o027)
     try:
-        out = submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "sub.csv", tta=2, device="cpu")
+        out = submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "sub.csv", device="cpu",
+                                     eval={"tta": "flips", "views": 2})
     finally:
         os.umask(previous)
     assert out.stat().st_mode & 0o777 == 0o640  # the umask's mode, as every other tool creates files
-    labels = Predictor.from_state(state).probabilities(test.images, tta=2).argmax(1)
+    labels = Predictor.from_state(state).probabilities(test.images, {"tta": "flips", "views": 2}).argmax(1)
     solution = write(tmp_path / "solution.csv", [(i, meta.classes[k]) for i, k in zip(test.ids, test.labels.tolist(),
                                                                                       strict=True)])
     assert submit.score(out, solution) == pytest.approx((labels == test.labels).float().mean().item())
 
-    with pytest.raises(SubmissionError, match=r"--tta 11: test-time views must be between 1 and 10"):
-        submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "other.csv", tta=11)
     torch.save({**state, "classes": [f"x{i}" for i in range(len(meta.classes))]}, tmp_path / "state.pt")
     with pytest.raises(SubmissionError, match="trained on classes"):
         submit.make_submission(str(tmp_path), "synthetic:64", tmp_path / "other.csv")
     assert not (tmp_path / "other.csv").exists()
+
+
+def test_cli_tta_takes_views_or_a_mode_and_refuses_bad_values_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from runner import cli
+
+    parse = cli._parser().parse_args
+    base = ["submit", "--model", "m", "--data", "d", "--out", "o", "--tta"]
+    assert parse([*base, "4"]).tta == {"tta": "flips", "views": 4}  # the README's `--tta 4`
+    assert parse([*base, "1"]).tta == {"tta": "none", "views": 1}
+    assert parse([*base, "train_transforms:8"]).tta == {"tta": "train_transforms", "views": 8}
+    assert parse(base[:-1]).tta is None  # the model's own eval group
+    for bad, why in (("flips:11", "flips takes 2..10 views"), ("0", "must be >= 1"), ("sharpen", "must be one of")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["run", "spec.yaml", "--tta", bad])
+        assert exit_.value.code == 2 and why in capsys.readouterr().err

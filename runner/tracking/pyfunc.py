@@ -5,8 +5,9 @@ class names, the training split's mean/std, the image shape and the trial's conf
 values only, read with `torch.load(weights_only=True)`), a copy of the runner's own code (`code/`, so
 the model runs where this checkout is absent), and a three-line script that MLflow runs at load time to
 build `ImageClassifier`. Input: uint8 `(N, H, W, 3)` at the training size. Output: a table with `label`
-(the class name) and one `prob_<class>` column per class. Predict parameter `tta`: test-time views
-(default: the trial's own setting). All the arithmetic is `runner.core.predict`, the one predict path.
+(the class name) and one `prob_<class>` column per class. Predict parameters `tta` (none | flips |
+train_transforms) and `views` (K): test-time augmentation, by default the trial's own `eval` group.
+All the arithmetic is `runner.core.predict`, the one predict path.
 
     mlflow models serve -m models:/smoke@champion --env-manager local --host 127.0.0.1 --port 5001
     curl 127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d '{"inputs": [[[[0, 0, 0], ...]]]}'
@@ -34,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from runner.core import checkpoint
-from runner.core.predict import Predictor, check_images, eval_views, image_shape
+from runner.core.predict import Predictor, check_images, eval_settings, image_shape
 
 MODEL_NAME = "model"  # a trial's logged model; the registry names the chosen one
 MODEL_TYPE = "image-classifier"
@@ -60,10 +61,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     # MLflow 3 reads `model_input`'s annotation: np.ndarray is one it passes through unconverted.
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        tta = (params or {}).get("tta")
+        settings = {k: v for k, v in (params or {}).items() if k in ("tta", "views") and v is not None}
         images = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
-        probabilities = self.predictor.probabilities(images, None if tta is None else int(tta))
-        return table(self.predictor.classes, probabilities)
+        return table(self.predictor.classes, self.predictor.probabilities(images, settings))
 
 
 def table(classes: list[str], probabilities: torch.Tensor) -> pd.DataFrame:
@@ -81,8 +81,10 @@ def probabilities_of(frame: pd.DataFrame, classes: list[str]) -> torch.Tensor:
 def signature(state: Mapping[str, Any]) -> ModelSignature:
     h, w, c = image_shape(state)
     outputs = Schema([ColSpec("string", LABEL)] + [ColSpec("double", PROB_PREFIX + k) for k in state["classes"]])
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]),
-                          outputs=outputs, params=ParamSchema([ParamSpec("tta", "long", eval_views(state))]))
+    own = eval_settings(state)
+    params = ParamSchema([ParamSpec("tta", "string", own["tta"]), ParamSpec("views", "long", own["views"])])
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]), outputs=outputs,
+                          params=params)
 
 
 def input_example(state: Mapping[str, Any]) -> np.ndarray:
@@ -145,9 +147,10 @@ class LoadedModel:
         self.image_shape = tuple(meta["image_shape"])
         self.run_id: str | None = self.model.metadata.run_id
 
-    def probabilities(self, images: torch.Tensor | np.ndarray, tta: int | None = None) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor | np.ndarray, eval: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """As `Predictor.probabilities`; `eval` ({"tta", "views"}) overrides the trial's own setting."""
         images = check_images(images, self.image_shape)  # our message, before MLflow's (which dumps the data)
-        frame = self.model.predict(images.numpy(), params=None if tta is None else {"tta": int(tta)})
+        frame = self.model.predict(images.numpy(), params=dict(eval) if eval else None)
         return probabilities_of(frame, self.classes)
 
 

@@ -25,7 +25,7 @@ DEFAULT_STORAGE = "results"
 
 def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, scheduler: str | None,
              storage: str | None, resume: str | None, num_cpus: float | None, register_as: str | None,
-             submission: str | None, tta: int | None) -> int:
+             submission: str | None, eval: dict | None) -> int:
     loaded = spec.load_spec(path, overrides)
     storage = _storage(storage)
     verdicts, metas = _preflight(loaded, storage)
@@ -46,7 +46,7 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
         print(f"runner: {len(failed)} trial(s) failed: {', '.join(failed)}")
         return 1
     if register_as != "":
-        _register_and_submit(loaded, register_as or loaded.name, submission, tta)
+        _register_and_submit(loaded, register_as or loaded.name, submission, eval)
     return 0
 
 
@@ -143,12 +143,12 @@ def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
     return redact(target)
 
 
-def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, tta: int | None) -> None:
+def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, eval: dict | None) -> None:
     from runner import submission
     from runner.tracking import registry
 
     outcome = registry.register_best(loaded.name, name=model_name)  # prints the alias comparison
     if out and outcome.version is not None:
         data_path = loaded.trials[0].config["data"]["path"]
-        submission.make_submission(f"models:/{model_name}/{outcome.version}", data_path, out, tta=tta)
+        submission.make_submission(f"models:/{model_name}/{outcome.version}", data_path, out, eval=eval)
         print(f"submission: {out}")
