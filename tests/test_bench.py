@@ -43,6 +43,13 @@ def test_augment_bench_prints_both_ratios():
     assert lines[-1].startswith("ratio batched/PIL")
 
 
+@pytest.mark.timeout(120)
+def test_verify_bench_prints_both_ratios():
+    lines = run_bench("verify.py", timeout=110)
+    assert lines[-2].startswith("ratio verify / one trial's load")
+    assert lines[-1].startswith("ratio synthetic metadata, drawn / from labels")
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(180)
 def test_ray_overhead_bench_compares_steady_epochs():
