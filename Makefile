@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ray_overhead.py
 	$(BIN)/python bench/tune_overhead.py
 	$(BIN)/python bench/gpu.py --quick
+	$(BIN)/python bench/verify.py
 
 # MLflow UI on loopback only; on a cluster, port-forward it (see docs/cluster.md).
 ui: $(STAMP)
