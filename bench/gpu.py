@@ -153,7 +153,7 @@ def bench_loader(a: argparse.Namespace, images: torch.Tensor, labels: torch.Tens
     compile_ = not a.no_compile and not a.quick  # --quick: the models section already runs a compiled model
     cfg = config(a, name, kwargs, compile_=compile_, batch=a.batch)
     images_d, labels_d = train._to_device(data.Split(images, labels, []), a.device)
-    mean, std = train._channel_stats(images_d)
+    mean, std = data.channel_stats(images_d)
     run = make_run(cfg, a.device, mean, std, a.compile_backend)
     steps = len(labels_d) // a.batch
     x = run.augment(images_d[:a.batch], torch.Generator(device=a.device).manual_seed(0))
@@ -289,8 +289,8 @@ def time_to_acc(a: argparse.Namespace) -> None:
     if not a.data:
         raise SystemExit("--time-to-acc needs --data DIR: a prepared CIFAR-10 (runner data prepare "
                          "parquet:../shared/data/cifar10-full.parquet DIR)")
-    meta = data.read_meta(a.data)
-    train_split, test_split = data.load_split(a.data, "train"), data.load_split(a.data, "test")
+    meta, test_split = data.load_test(a.data)
+    train_split = data.load_split(a.data, "train", meta=meta)
     if int((test_split.labels < 0).sum()):
         raise SystemExit(f"{a.data}: the test split has no labels; time-to-accuracy needs them")
     epochs = a.epochs or (2 if a.quick else 40)

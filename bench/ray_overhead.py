@@ -55,9 +55,7 @@ def trial_config(a: argparse.Namespace) -> dict:
 def run_direct(cfg: dict, threads: int, directory: str) -> dict:
     torch.set_num_threads(threads)
     started = time.time()
-    meta = data.read_meta(cfg["data"]["path"])
-    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
-                                                   val_fraction=cfg["data"]["val_fraction"], seed=0)
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], seed=0)
     stamps: list[tuple[float, float]] = []
 
     def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.train.Reporter

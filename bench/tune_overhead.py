@@ -94,9 +94,7 @@ def trial_driver(config):
     import torch
     from runner import data
     from runner.core import checkpoint, train
-    meta = data.read_meta(cfg["data"]["path"])
-    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
-                                                   val_fraction=cfg["data"]["val_fraction"], seed=cfg["train"]["seed"])
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"])
     resume = None
     if (checkpoint := ray.tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
@@ -136,10 +134,7 @@ def run_direct(trials: list[spec.Trial], threads: int, directory: str) -> list[f
     for trial in trials:
         cfg = trial.config
         started = time.perf_counter()
-        meta = data.read_meta(cfg["data"]["path"])
-        train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
-                                                       val_fraction=cfg["data"]["val_fraction"],
-                                                       seed=cfg["train"]["seed"])
+        meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"])
         out = os.path.join(directory, trial.name)
         train.fit(cfg, train_split, val_split, meta.classes,
                   lambda metrics, state, out=out: checkpoint.save(state(), out), device=torch.device("cpu"))

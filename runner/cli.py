@@ -61,11 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--resize", action="store_true", help="resize images of another size instead of refusing")
     prep.add_argument("--from", dest="from_dir", help="already-downloaded CIFAR batches")
     prep.add_argument("--overwrite", action="store_true")
+    prep.add_argument("--allow-rare-classes", action="store_true",
+                      help="keep a class with under 5%% of the median class count (refused as a likely typo)")
     prep.set_defaults(handler=_data_prepare)
 
     p = commands.add_parser("train", help="one trial in this process, no Ray")
-    p.add_argument("--data", default="synthetic")
-    p.add_argument("--model", default="wrn")
+    p.add_argument("--data", help="prepared data set or synthetic[:N] (default: synthetic)")
+    p.add_argument("--model", help="architecture (default: wrn)")
     p.add_argument("--depth", type=_number)
     p.add_argument("--width", type=_number)
     p.add_argument("--epochs", type=int)
@@ -74,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     p.add_argument("--out", help="directory for the per-epoch checkpoint (state.pt)")
-    p.add_argument("--resume", help="a checkpoint (state.pt or its directory) to continue from")
+    p.add_argument("--resume", help="a checkpoint (state.pt or its directory) to continue from, with its own config "
+                                    "(--epochs may extend it; a flag that changes anything else is refused)")
     p.set_defaults(handler=_train)
 
     p = commands.add_parser("check", help="validate specs and print the resolved trials; spends nothing")
@@ -205,30 +208,29 @@ def _data_prepare(args: argparse.Namespace) -> int:
     from runner import data
 
     meta = data.prepare(args.source, args.out, resize=args.resize, from_dir=args.from_dir,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, allow_rare_classes=args.allow_rare_classes)
     print(f"wrote {args.out}: {len(meta.classes)} classes, counts {meta.counts}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     """`runner train`: one trial in this process, printing each epoch; no Ray, no MLflow."""
-    from runner import data, report, spec
+    from runner import data, report
     from runner.core import checkpoint, train
 
-    flat = {"data.path": _absolute_if_local(args.data), "model.name": args.model}
-    for key, value in (("model.depth", args.depth), ("model.width", args.width), ("train.epochs", args.epochs),
-                       ("train.batch_size", args.batch_size), ("optimizer.lr", args.lr),
-                       ("optimizer.name", args.optimizer)):
-        if value is not None:
-            flat[key] = value
-    flat.update(spec.parse_override(item) for item in args.set)
-    cfg = spec.trial_config(flat)
+    flags = _train_flags(args)
+    resume = checkpoint.load(args.resume) if args.resume else None  # CheckpointError names a missing path
+    cfg = _resumed_config(resume, flags, args.resume) if resume else _fresh_config(flags)
     path, epochs = cfg["data"]["path"], cfg["train"]["epochs"]
-    meta = data.read_meta(path)
-    train_split, val_split = data.load_train_shard(path, rank=0, world=1, val_fraction=cfg["data"]["val_fraction"],
-                                                   seed=cfg["train"]["seed"])
-    resume = checkpoint.load(args.resume) if args.resume else None
-    print(f"training {cfg['model']} on {path}: {len(train_split)} train, {len(val_split)} val images, {epochs} epochs")
+    meta = data.verify(path)  # footers and sha256 before any epoch; meta.json read once
+    data.check_num_classes(meta, cfg["data"]["num_classes"], path)
+    if resume and list(resume["classes"]) != meta.classes:
+        raise data.DataError(f"--resume {args.resume} was trained on classes {resume['classes'][:5]}... but {path} "
+                             f"has {meta.classes[:5]}...; resume on the data set it was trained on")
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"], meta=meta)
+    start = f", from epoch {resume['epoch']}" if resume else ""
+    print(f"training {cfg['model']} on {path}: {len(train_split)} train, {len(val_split)} val images, "
+          f"{epochs} epochs{start}")
 
     def report_epoch(metrics: dict, state: Callable[[], dict]) -> None:
         print(report.format_epoch(metrics, epochs), flush=True)
@@ -239,6 +241,60 @@ def _train(args: argparse.Namespace) -> int:
     note = "" if result.within_budget else " (OVER the parameter cap: flagged, never registered)"
     print(f"done: best val_acc {result.best_val_acc:.4f}, {result.params:,} parameters{note}")
     return 0
+
+
+_TRAIN_FLAGS = {"data": "data.path", "model": "model.name", "depth": "model.depth", "width": "model.width",
+                "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
+                "optimizer": "optimizer.name"}  # `runner train` flag (argparse dest) -> the config field it sets
+# A resumed run may train further and read its data from another place; any other change would make it
+# another run (another architecture does not even load its weights), so it is refused by name.
+RESUME_MAY_CHANGE = ("train.epochs", "data.path")
+
+
+def _train_flags(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
+    """The config fields the command line sets: dotted key -> (the flag as typed, value)."""
+    from runner import spec
+
+    flags = {key: (f"--{name.replace('_', '-')} {getattr(args, name)}", getattr(args, name))
+             for name, key in _TRAIN_FLAGS.items() if getattr(args, name) is not None}
+    if "data.path" in flags:
+        flags["data.path"] = (flags["data.path"][0], _absolute_if_local(args.data))
+    for item in args.set:
+        key, value = spec.parse_override(item)
+        flags[key] = (f"--set {item}", value)
+    return flags
+
+
+def _fresh_config(flags: dict[str, tuple[str, object]]) -> dict:
+    from runner import spec
+
+    return spec.trial_config({"data.path": "synthetic", "model.name": "wrn", **{k: v for k, (_, v) in flags.items()}})
+
+
+def _resumed_config(state: dict, flags: dict[str, tuple[str, object]], where: str) -> dict:
+    """The checkpoint's own config, with --epochs/--data applied; a flag that changes anything else is refused."""
+    from runner import keys, spec
+    from runner.core import checkpoint
+
+    if not {"config", "classes", "epoch", "model"} <= set(state):
+        raise checkpoint.CheckpointError(f"--resume {where} is not a checkpoint written by runner train or run "
+                                         "(no config/classes/epoch); give the state.pt of a runner trial")
+    saved = keys.flatten(state["config"])
+    for key, (flag, value) in sorted(flags.items(), key=lambda item: item[0] != "model.name"):  # --model first
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
+            raise spec.SpecError("--resume", f"{flag} conflicts with the checkpoint's {key}={saved.get(key)!r} "
+                                             f"({where}); drop {flag.split()[0]} to resume with its config")
+    cfg = spec.trial_config({**saved, **{k: v for k, (_, v) in flags.items() if k in RESUME_MAY_CHANGE}})
+    if cfg["train"]["epochs"] <= state["epoch"]:
+        raise spec.SpecError("--resume", f"{where} has already trained {state['epoch']} of {cfg['train']['epochs']} "
+                                         f"epochs; pass --epochs N (N > {state['epoch']}) to train further")
+    try:
+        checkpoint.build_model(state)  # its weights must fit its own architecture before an epoch starts
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise checkpoint.CheckpointError(f"--resume {where}: the weights do not fit the checkpoint's own model "
+                                         f"{state['config']['model']} ({str(err).splitlines()[0]}); the file is "
+                                         "damaged: resume from another checkpoint") from err
+    return cfg
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -170,12 +170,11 @@ def make_submission(model_uri: str, data_path: str, out: str | os.PathLike, *,
     model's own evaluation setting. The file is also attached to the model's MLflow run (a failure
     there only warns: the CSV is already written)."""
     model = load_for_inference(model_uri, device)
-    meta = data.read_meta(data_path)
+    meta, split = data.load_test(data_path)  # an empty test split is an error, never a header-only CSV
     if list(meta.classes) != list(model.classes):
         raise SubmissionError(f"--model {model_uri} was trained on classes {model.classes[:5]}... but --data "
                               f"{data_path} has {meta.classes[:5]}...; submit with the data set the model was "
                               "trained on")
-    split = data.load_split(data_path, "test")
     labels = model.probabilities(split.images, eval).argmax(1)
     path = write_submission(out, split.ids, labels, model.classes, meta.label_names_are_ints, order=meta.test_ids)
     try:

@@ -1,4 +1,4 @@
-"""Tests for runner/data.py and runner/sources.py: the prepared format, its refusals, splits and shards.
+"""Tests for runner/data/: sources, the prepared format, its refusals, loading, verification, splits and shards.
 
 Every data set here is written by the test itself into tmp_path (PIL + pyarrow); no network, no Ray.
 Run: .venv/bin/pytest tests/test_data.py
@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
+import re
 import sys
-import time
 import types
 
 import numpy as np
@@ -195,15 +196,15 @@ def test_existing_out_overwrite_and_failed_write(tmp_path, monkeypatch):
     assert data.read_meta(str(out)).counts["train"]["total"] == 50 and sorted(os.listdir(tmp_path)) == ["ds"]
 
 
-def test_synthetic_deterministic_fast_balanced(tmp_path):
-    start = time.process_time()
+def test_synthetic_deterministic_balanced_and_its_meta_needs_no_images(tmp_path):
     a = synthetic.synthetic(5000)
-    assert time.process_time() - start < 1.0  # ~0.2 s CPU on a 2-core box
     b = synthetic.synthetic(5000)
-    assert a.train.images.tobytes() == b.train.images.tobytes()
-    assert a.test.images.tobytes() == b.test.images.tobytes() and a.train.ids == b.train.ids
+    assert torch.equal(a.train.images, b.train.images)
+    assert torch.equal(a.test.images, b.test.images) and a.train.ids == b.train.ids
     assert np.bincount(a.train.labels).tolist() == [500] * 10 and len(a.test.ids) == 1000
     assert np.bincount(a.test.labels).tolist() == [100] * 10  # true test labels kept for scoring
+    cheap = synthetic.synthetic_labels(5000)  # what the metadata needs, without drawing an image
+    assert cheap["train"].tolist() == a.train.labels.tolist() and cheap["test"].tolist() == a.test.labels.tolist()
     # In-memory loaders give exactly what prepare writes.
     data.prepare("synthetic:60", str(tmp_path / "ds"))
     for split in ("train", "test"):
@@ -228,7 +229,7 @@ def test_stratified_split():
 
 
 @pytest.mark.parametrize("where", ["disk", "memory"])
-def test_load_train_shard_world2(tmp_path, monkeypatch, where):
+def test_load_trial_data_world2(tmp_path, monkeypatch, where):
     monkeypatch.setattr(data.format, "ROW_GROUP_SIZE", 16)  # many row groups, so a shard can skip some
     path = "synthetic:300"
     if where == "disk":
@@ -240,7 +241,8 @@ def test_load_train_shard_world2(tmp_path, monkeypatch, where):
                             lambda self, groups, **kw: groups_read.append(groups) or real(self, groups, **kw))
     full = data.load_split(path, "train")
     tr, va = data.stratified_split(full.labels.numpy(), 0.1, seed=7)
-    shards = [data.load_train_shard(path, rank=r, world=2, val_fraction=0.1, seed=7) for r in (0, 1)]
+    data_cfg = {"path": path, "val_fraction": 0.1, "num_classes": None}
+    shards = [data.load_trial_data(data_cfg, 7, rank=r, world=2)[1:] for r in (0, 1)]
     for part, idx in ((0, tr), (1, va)):
         a, b = shards[0][part], shards[1][part]
         assert not set(a.ids) & set(b.ids) and abs(len(a) - len(b)) <= 1
@@ -313,5 +315,167 @@ def test_channel_stats():
     images = torch.zeros(4, 2, 2, 3, dtype=torch.uint8)
     images[..., 0] = 255
     images[:2, ..., 1] = 255
-    mean, std = data.channel_stats(data.Split(images, torch.zeros(4, dtype=torch.int64), list("abcd")))
-    assert mean == pytest.approx([1.0, 0.5, 0.0]) and std == pytest.approx([0.0, 0.5, 0.0])
+    mean, std = data.channel_stats(images)
+    assert mean == pytest.approx([1.0, 0.5, 0.0]) and std == pytest.approx([0.0, 0.5, 0.0], abs=1e-5)
+
+
+# ---------------------------------------------------------------- verify: pre-flight reads what will be trained on
+def _flip_middle(path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one byte inside the image data: the footer still parses
+    path.write_bytes(bytes(raw))
+
+
+def test_verify_passes_a_good_set_and_names_each_corruption(tmp_path):
+    out = tmp_path / "ds"
+    data.prepare("synthetic:200", str(out))
+    assert data.verify(str(out)) == data.read_meta(str(out))
+    assert data.verify("synthetic:200").num_classes == 10
+    good = {name: (out / name).read_bytes() for name in ("train.parquet", "test.parquet", "meta.json")}
+
+    def broken(name: str, change, *expected: str) -> None:
+        change(out / name)
+        with pytest.raises(DataError) as err:
+            data.verify(str(out))
+        for fragment in expected:
+            assert fragment in str(err.value), str(err.value)
+        (out / name).write_bytes(good[name])
+
+    redo = "runner data prepare synthetic:200"  # the fix names the data set's own source
+    broken("train.parquet", _flip_middle, f"{out}/train.parquet", "does not match the sha256", redo)
+    broken("test.parquet", lambda p: p.write_bytes(p.read_bytes()[:-100]), f"{out}/test.parquet",
+           "not a readable Parquet file", redo)
+    broken("train.parquet", lambda p: p.unlink(), f"{out}/train.parquet is missing", redo)
+    broken("meta.json", lambda p: p.write_text('{"classes": ["a", '), f"{out}/meta.json is not valid JSON",
+           "prepare the data again")
+    broken("meta.json", lambda p: p.write_text(p.read_text().replace('"classes"', '"klasses"')),
+           f"{out}/meta.json", "klasses", "prepare the data again")
+    broken("meta.json", lambda p: p.write_text(p.read_text().replace('"image_shape": [', '"image_shape": [0, ')),
+           f"{out}/meta.json", "field image_shape", "prepare the data again")
+    assert data.verify(str(out)) == data.read_meta(str(out))  # every file restored: passes again
+
+
+def test_check_num_classes_names_both_counts():
+    meta = data.read_meta("synthetic:50")
+    data.check_num_classes(meta, None, "synthetic:50")
+    data.check_num_classes(meta, 10, "synthetic:50")
+    with pytest.raises(DataError, match=r"the spec says 100 classes but synthetic:50 has 10 .*data\.num_classes"):
+        data.check_num_classes(meta, 100, "synthetic:50")
+
+
+def test_metadata_is_read_once_and_synthetic_metadata_draws_no_image(tmp_path, monkeypatch):
+    data.prepare("synthetic:120", str(tmp_path / "ds"))
+    parsed = []
+    real = data.loader.parse_meta
+    monkeypatch.setattr(data.loader, "parse_meta", lambda *a: parsed.append(a[1]) or real(*a))
+    cfg = {"path": str(tmp_path / "ds"), "val_fraction": 0.2, "num_classes": None}
+    meta = data.verify(cfg["path"])
+    data.load_trial_data(cfg, 0, meta=meta)
+    data.load_split(cfg["path"], "test", meta=meta)
+    assert len(parsed) == 1
+    data.load_trial_data(cfg, 0)  # without one, the loader reads it itself: once
+    assert len(parsed) == 2
+
+    def no_drawing(*args):
+        raise AssertionError("metadata must not draw images")
+
+    monkeypatch.setattr(data.synthetic, "_draw", no_drawing)
+    meta = data.read_meta("synthetic:50000")
+    assert meta.counts["train"]["total"] == 50000 and meta.counts["test"]["per_class"]["warm_disc"] == 1000
+
+
+# ---------------------------------------------------------------- a label that looks like a typo is not a class
+def test_a_rare_class_is_refused_with_its_rows_and_nearest_names(tmp_path):
+    kaggle_dir(tmp_path / "src", per_class=30, n_test=2, labels=("cat", "dog", "frog"))
+    rows = list(csv.reader(open(tmp_path / "src" / "train.csv")))[1:]
+    rows[4][1] = "dgo"  # line 6 of train.csv: a typo of "dog"
+    _write_csv(tmp_path / "src" / "train.csv", rows)
+    with pytest.raises(DataError) as err:
+        data.prepare(f"kaggle:{tmp_path / 'src'}", str(tmp_path / "ds"))
+    for fragment in ("rare class", "'dgo' has 1 image(s)", "line 6 (id 'tr004')", "nearest existing classes: 'dog'",
+                     "median class has 29.5 images", "--allow-rare-classes"):
+        assert fragment in str(err.value), str(err.value)
+    assert not (tmp_path / "ds").exists()
+    meta = data.prepare(f"kaggle:{tmp_path / 'src'}", str(tmp_path / "ds"), allow_rare_classes=True)
+    assert meta.classes == ["cat", "dgo", "dog", "frog"] and meta.counts["train"]["per_class"]["dgo"] == 1
+
+
+def test_a_rare_class_folder_is_refused_too(tmp_path):
+    for cls, n in (("apple", 25), ("pear", 25), ("aple", 1)):
+        os.makedirs(tmp_path / "src" / cls)
+        for k in range(n):
+            Image.fromarray(_pixels(k)).save(tmp_path / "src" / cls / f"{k}.png")
+    with pytest.raises(DataError, match=r"'aple' has 1 image\(s\) \(.*src/train|'aple' has 1 image\(s\) \(.*aple/0"):
+        data.prepare(f"folder:{tmp_path / 'src'}", str(tmp_path / "ds"))
+
+
+# ---------------------------------------------------------------- folder:DIR test splits; no split is ever empty
+def _folder_source(root, classes=("a", "b"), per_class=3, test: dict | None = None) -> None:
+    for cls in classes:
+        os.makedirs(root / "train" / cls)
+        for k in range(per_class):
+            Image.fromarray(_pixels(k + 10 * ord(cls[0]))).save(root / "train" / cls / f"{k}.png")
+    for rel, seed in (test or {}).items():
+        os.makedirs((root / "test" / rel).parent, exist_ok=True)
+        Image.fromarray(_pixels(seed)).save(root / "test" / rel)
+
+
+def test_folder_per_class_test_folders_are_a_labeled_test_split(tmp_path):
+    _folder_source(tmp_path / "src", test={"a/q.png": 1, "b/q.png": 2, "b/r.png": 3})
+    meta = data.prepare(f"folder:{tmp_path / 'src'}", str(tmp_path / "ds"))
+    assert meta.counts["test"] == {"total": 3, "labeled": 3, "per_class": {"a": 1, "b": 2}}
+    meta, test = data.load_test(str(tmp_path / "ds"))
+    assert test.ids == ["a/q", "b/q", "b/r"] and test.labels.tolist() == [0, 1, 1]
+    assert np.array_equal(test.images[2].numpy(), _pixels(3))
+    assert (tmp_path / "ds" / "solution.csv").read_text() == "id,label\na/q,a\nb/q,b\nb/r,b\n"
+
+
+@pytest.mark.parametrize("test, message", [
+    ({}, "holds no images: an empty test split"),
+    ({"q.png": 1, "a/r.png": 2}, "mixes images"),
+    ({"c/q.png": 1}, "test class folder(s) 'c'"),
+])
+def test_folder_test_split_refusals(tmp_path, test, message):
+    _folder_source(tmp_path / "src", test=test)
+    os.makedirs(tmp_path / "src" / "test", exist_ok=True)
+    with pytest.raises(DataError, match=re.escape(message)):
+        data.prepare(f"folder:{tmp_path / 'src'}", str(tmp_path / "ds"))
+    assert not (tmp_path / "ds").exists()
+
+
+def test_kaggle_empty_test_folder_is_refused(tmp_path):
+    kaggle_dir(tmp_path / "src", n_test=0)
+    os.remove(tmp_path / "src" / "sample_submission.csv")
+    with pytest.raises(DataError, match="test holds no images: an empty test split"):
+        data.prepare(f"kaggle:{tmp_path / 'src'}", str(tmp_path / "ds"))
+
+
+def test_an_empty_stored_split_is_refused_when_loaded(tmp_path):
+    """A data set prepared before empty splits were refused: its 0-row test.parquet must not load."""
+    out = tmp_path / "ds"
+    data.prepare("synthetic:40", str(out))
+    meta = json.loads((out / "meta.json").read_text())
+    meta["counts"]["test"] = {"total": 0, "labeled": 0, "per_class": {}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="has an empty test split"):
+        data.load_test(str(out))
+
+
+def test_verify_and_load_read_through_s3(s3, tmp_path):
+    """The same checks and loads on an S3-compatible server (moto on 127.0.0.1): one filesystem entry."""
+    from runner import storage
+
+    local = tmp_path / "ds"
+    data.prepare("synthetic:200", str(local))
+    uri = s3.uri("sets/ds")
+    storage.upload_folder(str(local), uri, last="meta.json")
+    meta = data.verify(uri)
+    assert meta == data.read_meta(str(local))
+    cfg = {"path": uri, "val_fraction": 0.2, "num_classes": None}
+    _, train, val = data.load_trial_data(cfg, 3, rank=1, world=2, meta=meta)
+    _, train_local, val_local = data.load_trial_data({**cfg, "path": str(local)}, 3, rank=1, world=2)
+    assert train.ids == train_local.ids and torch.equal(val.images, val_local.images)
+    _flip_middle(local / "train.parquet")
+    storage.upload_folder(str(local), uri, last="meta.json")
+    with pytest.raises(DataError, match=re.escape(f"{uri}/train.parquet does not match the sha256")):
+        data.verify(uri)

@@ -149,6 +149,48 @@ def _missing_checkpoint(tmp: Path) -> list[str]:
             str(tmp / "out" / "submission.csv")]
 
 
+def _prepared(break_it: Callable[[Path], None], *extra: str, spec: str = SPEC) -> Callable[[Path], list[str]]:
+    """A prepared synthetic set at {tmp}/ds, broken by `break_it`, then `runner run` on it."""
+    def setup(tmp: Path) -> list[str]:
+        from runner import data
+
+        data.prepare("synthetic:300", str(tmp / "ds"))
+        break_it(tmp / "ds")
+        return spec_run(spec, "--data", str(tmp / "ds"), *extra)(tmp)
+    return setup
+
+
+def _flip_a_byte(ds: Path) -> None:
+    raw = bytearray((ds / "train.parquet").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # inside the image data: the file still parses, its content changed
+    (ds / "train.parquet").write_bytes(bytes(raw))
+
+
+def _rare_class(tmp: Path) -> list[str]:
+    src = kaggle(tmp / "src", per_class=21)
+    edit_csv(src / "train.csv", lambda rows: rows[5].__setitem__(1, "dgo"))  # line 6: a typo of dog
+    return ["data", "prepare", f"kaggle:{src}", str(tmp / "out")]
+
+
+def _empty_test_folder(src: Path) -> None:
+    for image in (src / "test").iterdir():
+        image.unlink()
+    (src / "sample_submission.csv").unlink()
+
+
+def _resume_conflict(tmp: Path) -> list[str]:
+    import models
+    from runner import spec
+    from runner.core import checkpoint
+
+    cfg = spec.trial_config({"data.path": "synthetic:300", "model.name": "wrn_std", "model.depth": 10,
+                             "model.width": 1, "train.epochs": 1})
+    net = models.build("wrn_std", 10, depth=10, width=1)
+    checkpoint.save({"model": net.state_dict(), "config": cfg, "classes": [str(i) for i in range(10)], "epoch": 1},
+                    tmp / "ckpt")
+    return ["train", "--resume", str(tmp / "ckpt"), "--depth", "16", "--epochs", "2"]
+
+
 RAY_PORT = closed_port()
 MLFLOW_PORT = closed_port()
 
@@ -203,6 +245,24 @@ CASES: dict[str, Case] = {
                           "same data set's test split"], absent=[]),
     "submit from a missing checkpoint": Case(_missing_checkpoint, ["{tmp}/nope/state.pt", "no such checkpoint",
                                                                    "models:/NAME@alias"]),
+    "corrupt train.parquet": Case(_prepared(_flip_a_byte),
+                                  ["{tmp}/spec.yaml", "row 'base'", "field data.path", "{tmp}/ds/train.parquet",
+                                   "does not match the sha256", "runner data prepare synthetic:300 {tmp}/ds"]),
+    "corrupt meta.json": Case(_prepared(lambda ds: (ds / "meta.json").write_text('{"classes": [')),
+                              ["{tmp}/spec.yaml", "field data.path", "{tmp}/ds/meta.json is not valid JSON",
+                               "prepare the data again"]),
+    "classes differ from data.num_classes": Case(
+        spec_run(SPEC.replace('{path: "synthetic:300"}', '{path: "synthetic:300", num_classes: 100}')),
+        ["{tmp}/spec.yaml", "row 'base'", "field data.num_classes",
+         "the spec says 100 classes but synthetic:300 has 10", "fix data.num_classes"]),
+    "rare class (a likely typo)": Case(_rare_class, ["rare class in {tmp}/src/train.csv", "'dgo' has 1 image(s)",
+                                                     "line 6 (id 'tr04')", "nearest existing classes: 'dog'",
+                                                     "--allow-rare-classes"]),
+    "empty test folder": Case(prepare(_empty_test_folder), ["{tmp}/src/test holds no images", "empty test split"]),
+    "resume from a missing checkpoint": Case(lambda tmp: ["train", "--resume", str(tmp / "nope")],
+                                             ["no checkpoint at {tmp}/nope", "state.pt"]),
+    "resume with a conflicting flag": Case(_resume_conflict, ["--depth 16 conflicts with the checkpoint's "
+                                                              "model.depth=10", "{tmp}/ckpt", "drop --depth"]),
     "RAY_ADDRESS unreachable": Case(spec_run(SPEC), [f"RAY_ADDRESS=127.0.0.1:{RAY_PORT}", "nothing answers",
                                                      "ray start --head", "unset RAY_ADDRESS"],
                                     env={"RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}"}),

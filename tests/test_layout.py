@@ -26,7 +26,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "runner.cost": (set(), {"runner.resources"}),
     "runner.report": ({"matplotlib", "numpy"}, {"runner.cost"}),
     "runner.data": ({"numpy", "pyarrow", "PIL", "torch", "torchvision"},
-                    {"runner.data", "runner.files", "runner.storage"}),
+                    {"runner.data", "runner.files", "runner.masking", "runner.storage"}),
     "runner.core": ({"torch", "numpy"}, {"models", "runner.core", "runner.data", "runner.files"}),
     "runner.spec": ({"yaml", "pydantic"}, {"models", "runner.spec", "runner.core", "runner.keys", "runner.data"}),
     "runner.tracking": ({"mlflow", "torch", "numpy", "pandas"},

@@ -117,7 +117,7 @@ def test_load_for_inference_from_checkpoint_path(tmp_path: Path) -> None:
 def test_make_submission_from_a_checkpoint_scores_against_synthetic_labels(tmp_path: Path) -> None:
     from runner import data
 
-    meta, test = data.read_meta("synthetic:64"), data.load_split("synthetic:64", "test")
+    meta, test = data.load_test("synthetic:64")
     net = models.build("wrn", len(meta.classes), depth=10, width=1)
     state = {"model": net.state_dict(), "config": {"model": {"name": "wrn", "depth": 10, "width": 1}},
              "classes": meta.classes, "mean": [0.5] * 3, "std": [0.25] * 3}

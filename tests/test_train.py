@@ -20,9 +20,7 @@ def tiny(**overrides) -> dict:
 
 
 def splits(cfg: dict):
-    meta = data.read_meta(cfg["data"]["path"])
-    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=0, world=1,
-                                                   val_fraction=cfg["data"]["val_fraction"], seed=0)
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], seed=0)
     return train_split, val_split, meta.classes
 
 

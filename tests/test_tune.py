@@ -96,9 +96,8 @@ def _probe_worker(config: dict) -> None:
     cfg = spec.trial_config(config["overrides"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    train_split, val_split = data.load_train_shard(cfg["data"]["path"], rank=rank, world=world,
-                                                   val_fraction=cfg["data"]["val_fraction"], seed=0)
-    result = train.fit(cfg, train_split, val_split, data.read_meta(cfg["data"]["path"]).classes)
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], 0, rank, world)
+    result = train.fit(cfg, train_split, val_split, meta.classes)
     weights = torch.cat([p.detach().flatten() for p in result.model.parameters()])
     digest = hashlib.sha256(weights.numpy().tobytes()).hexdigest()
     digests, shards = [None] * world, [None] * world

@@ -27,7 +27,7 @@ from runner.core import budget
 from runner.core.augment import Augment
 from runner.core.optim import SAM, build_optimizer
 from runner.core.schedule import EpochSchedule
-from runner.data import Split
+from runner.data import Split, channel_stats
 
 Reporter = Callable[[dict, Callable[[], dict]], None]
 EVAL_BATCH = 512
@@ -73,7 +73,9 @@ def fit(cfg: dict, train: Split, val: Split | None, classes: list[str], report: 
     net = _build_model(cfg, len(classes), device)
     train_x, train_y = _to_device(train, device)
     val_x, val_y = _to_device(val, device) if val is not None and len(val.ids) else (None, None)
-    mean, std = (resume["mean"], resume["std"]) if resume else _channel_stats(train_x)
+    # Statistics of the whole train split: each rank's histograms are summed over all ranks.
+    mean, std = (resume["mean"], resume["std"]) if resume else channel_stats(
+        train_x, dist.all_reduce if dist.is_initialized() else None)
     optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
     schedule = EpochSchedule(optimizer, cfg["schedule"], cfg["train"]["epochs"])
     start, best = 0, 0.0
@@ -288,25 +290,6 @@ def _to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.
     # Pinned memory lets the one host-to-device copy of the data set run at full bus speed.
     images = split.images.pin_memory() if device.type == "cuda" else split.images
     return images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True)
-
-
-def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std in [0, 1] units over the whole train split (all ranks' shards).
-
-    Exact, from one 256-bin histogram per channel of the uint8 tensor already on the device (summed over
-    ranks): no float copy of the pixels. Float64 sums of CIFAR-10's 50k images took 2.3-3.6 s and 3.2 GB
-    peak RSS on the 2-core CPU, on every worker; the histograms take 0.3-0.4 s and ~1 GB (bench notes in
-    docs/benchmarks.md)."""
-    channels = images.shape[-1]
-    hist = torch.stack([torch.bincount(images[..., c].reshape(-1), minlength=256) for c in range(channels)])
-    if dist.is_initialized():
-        dist.all_reduce(hist)
-    hist = hist.double()
-    values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255
-    count = hist.sum(1)
-    mean = (hist * values).sum(1) / count
-    std = ((hist * values**2).sum(1) / count - mean**2).clamp_min(1e-12).sqrt()
-    return mean.tolist(), std.tolist()
 
 
 class _frozen_batchnorm:

@@ -65,12 +65,16 @@ def _preflight(loaded: spec.Spec, storage: str) -> tuple[dict[str, budget.Verdic
     for trial in loaded.trials:
         where = f"{loaded.path}: row {trial.name!r}"
         path = trial.config["data"]["path"]
-        if path not in metas:
-            try:
+        try:
+            if path not in metas:
                 store.check(path, write=False)  # an unreachable endpoint fails in seconds, not minutes
-                metas[path] = data.read_meta(path)
-            except (data.DataError, store.StorageError) as err:
-                raise type(err)(f"{where}: field data.path: {err}") from err
+                metas[path] = data.verify(path)  # footers and sha256: a corrupt file is refused here, not in workers
+        except (data.DataError, store.StorageError) as err:
+            raise type(err)(f"{where}: field data.path: {err}") from err
+        try:
+            data.check_num_classes(metas[path], trial.config["data"]["num_classes"], path)
+        except data.DataError as err:
+            raise data.DataError(f"{where}: field data.num_classes: {err}") from err
         try:
             verdicts[trial.name] = budget.enforce(trial.config["model"], metas[path].num_classes,
                                                   trial.config["budget"])

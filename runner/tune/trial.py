@@ -31,10 +31,7 @@ def train_worker(loop_config: dict) -> None:
     cfg = loop_config["config"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    meta = data.read_meta(cfg["data"]["path"])
-    train_split, val_split = data.load_train_shard(
-        cfg["data"]["path"], rank=rank, world=world, val_fraction=cfg["data"]["val_fraction"],
-        seed=cfg["train"]["seed"])
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"], rank, world)
     resume = None
     # After a node loss (Train restarts the group) or `--resume` (Train finds its run by name), this is
     # the last *committed* checkpoint: Train's own record, never a listing of checkpoint folders.
