@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 EXIT_USAGE = 2
 
@@ -215,40 +215,15 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """`runner train`: one trial in this process, printing each epoch; no Ray, no MLflow."""
-    from runner import data, report
-    from runner.core import checkpoint, train
+    from runner import local_train
 
-    flags = _train_flags(args)
-    resume = checkpoint.load(args.resume) if args.resume else None  # CheckpointError names a missing path
-    cfg = _resumed_config(resume, flags, args.resume) if resume else _fresh_config(flags)
-    path, epochs = cfg["data"]["path"], cfg["train"]["epochs"]
-    meta = data.verify(path)  # footers and sha256 before any epoch; meta.json read once
-    data.check_num_classes(meta, cfg["data"]["num_classes"], path)
-    if resume and list(resume["classes"]) != meta.classes:
-        raise data.DataError(f"--resume {args.resume} was trained on classes {resume['classes'][:5]}... but {path} "
-                             f"has {meta.classes[:5]}...; resume on the data set it was trained on")
-    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"], meta=meta)
-    start = f", from epoch {resume['epoch']}" if resume else ""
-    print(f"training {cfg['model']} on {path}: {len(train_split)} train, {len(val_split)} val images, "
-          f"{epochs} epochs{start}")
-
-    def report_epoch(metrics: dict, state: Callable[[], dict]) -> None:
-        print(report.format_epoch(metrics, epochs), flush=True)
-        if args.out:
-            checkpoint.save(state(), args.out)
-
-    result = train.fit(cfg, train_split, val_split, meta.classes, report_epoch, resume=resume)
-    note = "" if result.within_budget else " (OVER the parameter cap: flagged, never registered)"
-    print(f"done: best val_acc {result.best_val_acc:.4f}, {result.params:,} parameters{note}")
+    local_train.train(_train_flags(args), resume=args.resume, out=args.out)
     return 0
 
 
 _TRAIN_FLAGS = {"data": "data.path", "model": "model.name", "depth": "model.depth", "width": "model.width",
                 "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
                 "optimizer": "optimizer.name"}  # `runner train` flag (argparse dest) -> the config field it sets
-# A resumed run may train further and read its data from another place; any other change would make it
-# another run (another architecture does not even load its weights), so it is refused by name.
-RESUME_MAY_CHANGE = ("train.epochs", "data.path")
 
 
 def _train_flags(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
@@ -263,38 +238,6 @@ def _train_flags(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
         key, value = spec.parse_override(item)
         flags[key] = (f"--set {item}", value)
     return flags
-
-
-def _fresh_config(flags: dict[str, tuple[str, object]]) -> dict:
-    from runner import spec
-
-    return spec.trial_config({"data.path": "synthetic", "model.name": "wrn", **{k: v for k, (_, v) in flags.items()}})
-
-
-def _resumed_config(state: dict, flags: dict[str, tuple[str, object]], where: str) -> dict:
-    """The checkpoint's own config, with --epochs/--data applied; a flag that changes anything else is refused."""
-    from runner import keys, spec
-    from runner.core import checkpoint
-
-    if not {"config", "classes", "epoch", "model"} <= set(state):
-        raise checkpoint.CheckpointError(f"--resume {where} is not a checkpoint written by runner train or run "
-                                         "(no config/classes/epoch); give the state.pt of a runner trial")
-    saved = keys.flatten(state["config"])
-    for key, (flag, value) in sorted(flags.items(), key=lambda item: item[0] != "model.name"):  # --model first
-        if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
-            raise spec.SpecError("--resume", f"{flag} conflicts with the checkpoint's {key}={saved.get(key)!r} "
-                                             f"({where}); drop {flag.split()[0]} to resume with its config")
-    cfg = spec.trial_config({**saved, **{k: v for k, (_, v) in flags.items() if k in RESUME_MAY_CHANGE}})
-    if cfg["train"]["epochs"] <= state["epoch"]:
-        raise spec.SpecError("--resume", f"{where} has already trained {state['epoch']} of {cfg['train']['epochs']} "
-                                         f"epochs; pass --epochs N (N > {state['epoch']}) to train further")
-    try:
-        checkpoint.build_model(state)  # its weights must fit its own architecture before an epoch starts
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise checkpoint.CheckpointError(f"--resume {where}: the weights do not fit the checkpoint's own model "
-                                         f"{state['config']['model']} ({str(err).splitlines()[0]}); the file is "
-                                         "damaged: resume from another checkpoint") from err
-    return cfg
 
 
 def _check(args: argparse.Namespace) -> int:
