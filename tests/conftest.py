@@ -265,7 +265,7 @@ def trained_checkpoint(tmp_path_factory: _pytest.TempPathFactory) -> _Path:
     cfg = spec.trial_config({"data.path": "synthetic:200", "model.name": "wrn", "model.depth": 10,
                              "model.width": 1, "train.epochs": 2, "train.batch_size": 32, "optimizer.lr": 0.05,
                              "eval.tta": "flips", "eval.views": 2})
-    split, val = data.load_train_shard("synthetic:200", rank=0, world=1, val_fraction=0.2, seed=0)
-    train.fit(cfg, split, val, data.read_meta("synthetic:200").classes,
+    meta, split, val = data.load_trial_data({"path": "synthetic:200", "val_fraction": 0.2}, seed=0)
+    train.fit(cfg, split, val, meta.classes,
               lambda metrics, state: checkpoint.save(state(), folder))
     return folder
