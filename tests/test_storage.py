@@ -141,3 +141,31 @@ def test_unreachable_and_silent_endpoints_fail_within_seconds(s3, silent_endpoin
         err = _refused(tmp_path, capsys, monkeypatch, "--storage", s3.uri("runs"))
         for fragment in (s3.uri("runs"), f"cannot reach the S3 endpoint {where}", "AWS_ENDPOINT_URL"):
             assert fragment in err, err
+
+
+# ---------------------------------------------------------------- a data set on s3://
+def test_data_set_on_s3_each_worker_reads_only_its_own_rows(s3, tmp_path, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+    import torch
+
+    from runner import data
+
+    monkeypatch.setattr(data.format, "ROW_GROUP_SIZE", 16)  # many row groups, so a shard can skip some
+    data.prepare("synthetic:300", str(tmp_path / "ds"))
+    storage.upload_folder(str(tmp_path / "ds"), s3.uri("data/ds"), last="meta.json")
+    uri = s3.uri("data/ds")
+    assert data.read_meta(uri) == data.read_meta(str(tmp_path / "ds"))
+    groups_read: list[list[int]] = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, **kw: groups_read.append(list(groups)) or real(self, groups, **kw))
+    shards = [data.load_train_shard(uri, rank=r, world=2, val_fraction=0.1, seed=7) for r in (0, 1)]
+    local = [data.load_train_shard(str(tmp_path / "ds"), rank=r, world=2, val_fraction=0.1, seed=7) for r in (0, 1)]
+    for remote_part, local_part in zip((s for pair in shards for s in pair), (s for pair in local for s in pair),
+                                       strict=True):
+        assert remote_part.ids == local_part.ids and torch.equal(remote_part.images, local_part.images)
+    assert not set(shards[0][0].ids) & set(shards[1][0].ids)  # disjoint train rows
+    total = len(data.load_split(uri, "train").ids)
+    assert len(shards[0][0]) + len(shards[1][0]) + len(shards[0][1]) + len(shards[1][1]) == total
+    # rank 0 fetched about half of the 19 row groups for its train rows, not the file
+    assert 0 < len(groups_read[0]) < 19, groups_read
