@@ -64,3 +64,10 @@ def test_tune_overhead_bench_runs_the_runner_and_reports_start_latency():
     lines = run_bench("tune_overhead.py", timeout=230)
     assert lines[-1].startswith("ratio runner grid / (direct sum / ")
     assert any("trial start latency" in line for line in lines)
+
+
+@pytest.mark.timeout(120)
+def test_checkpoint_upload_bench_uploads_to_its_own_s3_endpoint():
+    lines = run_bench("checkpoint_upload.py", "--epochs", "2", timeout=110)  # --quick: the direct side, no Ray
+    assert lines[-1].startswith("ratio direct upload / stand-in epoch")
+    assert any(line.startswith("direct upload:") and "MiB/s" in line for line in lines)

@@ -144,28 +144,43 @@ def test_unreachable_and_silent_endpoints_fail_within_seconds(s3, silent_endpoin
 
 
 # ---------------------------------------------------------------- a data set on s3://
-def test_data_set_on_s3_each_worker_reads_only_its_own_rows(s3, tmp_path, monkeypatch) -> None:
+def test_each_worker_fetches_only_its_own_row_groups_from_s3(s3, tmp_path, monkeypatch) -> None:
+    """tests/test_data.py checks the rows read through S3 equal the local ones; here: what each rank fetches."""
     import pyarrow.parquet as pq
-    import torch
 
     from runner import data
 
-    monkeypatch.setattr(data.format, "ROW_GROUP_SIZE", 16)  # many row groups, so a shard can skip some
+    monkeypatch.setattr(data.format, "ROW_GROUP_SIZE", 16)  # 19 row groups, so a shard can skip some
     data.prepare("synthetic:300", str(tmp_path / "ds"))
     storage.upload_folder(str(tmp_path / "ds"), s3.uri("data/ds"), last="meta.json")
-    uri = s3.uri("data/ds")
-    assert data.read_meta(uri) == data.read_meta(str(tmp_path / "ds"))
     groups_read: list[list[int]] = []
     real = pq.ParquetFile.read_row_groups
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
                         lambda self, groups, **kw: groups_read.append(list(groups)) or real(self, groups, **kw))
-    shards = [data.load_train_shard(uri, rank=r, world=2, val_fraction=0.1, seed=7) for r in (0, 1)]
-    local = [data.load_train_shard(str(tmp_path / "ds"), rank=r, world=2, val_fraction=0.1, seed=7) for r in (0, 1)]
-    for remote_part, local_part in zip((s for pair in shards for s in pair), (s for pair in local for s in pair),
-                                       strict=True):
-        assert remote_part.ids == local_part.ids and torch.equal(remote_part.images, local_part.images)
-    assert not set(shards[0][0].ids) & set(shards[1][0].ids)  # disjoint train rows
-    total = len(data.load_split(uri, "train").ids)
-    assert len(shards[0][0]) + len(shards[1][0]) + len(shards[0][1]) + len(shards[1][1]) == total
-    # rank 0 fetched about half of the 19 row groups for its train rows, not the file
-    assert 0 < len(groups_read[0]) < 19, groups_read
+    cfg = {"path": s3.uri("data/ds"), "val_fraction": 0.1, "num_classes": None}
+    shards = []
+    for rank in (0, 1):
+        groups_read.clear()
+        _, train, val = data.load_trial_data(cfg, 7, rank=rank, world=2)
+        shards.append(set(train.ids) | set(val.ids))
+        assert groups_read and all(0 < len(groups) < 19 for groups in groups_read), groups_read
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 300
+
+
+def test_prepare_straight_to_s3_uploads_meta_json_last_and_refuses_to_clobber(s3, capsys) -> None:
+    from runner import data
+
+    uri = s3.uri("data/synth")
+    assert cli.main(["data", "prepare", "synthetic:300", uri]) == 0
+    assert s3.keys("data") == ["data/synth/meta.json", "data/synth/solution.csv", "data/synth/test.parquet",
+                               "data/synth/train.parquet"]
+    assert data.verify(uri).counts["train"]["total"] == 300  # footers and sha256 of what landed in the bucket
+    capsys.readouterr()
+    assert cli.main(["data", "prepare", "synthetic:100", uri]) == 2
+    assert f"{uri} already exists; pass --overwrite" in capsys.readouterr().err
+    assert data.verify(uri).counts["train"]["total"] == 300  # untouched
+    assert cli.main(["data", "prepare", "synthetic:100", uri, "--overwrite"]) == 0
+    assert data.verify(uri).counts["train"]["total"] == 100
+    capsys.readouterr()
+    assert cli.main(["data", "prepare", "synthetic:100", "s3://no-such-bucket-here/x"]) == 2  # before any work
+    assert "bucket 'no-such-bucket-here' does not exist" in capsys.readouterr().err
