@@ -27,7 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # MLflow's artifact progress bars are carriage-return noise in `ray job logs` and CI output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from runner import storage
+    from runner import masking, storage
+
+    masking.redact_log_records()  # credentials in a URI never reach a log line
 
     storage.share_endpoint(os.environ)  # one S3 endpoint for MLflow, pyarrow and Ray, before any of them starts
     if not getattr(args, "handler", None):
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("runner: interrupted", file=sys.stderr)
         return 130
     except ValueError as err:  # every user-facing error class of the project derives from ValueError
-        print(f"runner: error: {err}", file=sys.stderr)
+        print(f"runner: error: {masking.redact(str(err))}", file=sys.stderr)
         return EXIT_USAGE
 
 

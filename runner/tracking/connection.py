@@ -8,7 +8,6 @@ unreachable one fails within seconds, naming the URI (credentials masked).
 from __future__ import annotations
 
 import os
-import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from runner.masking import redact
+from runner.masking import redact, without_credentials
 
 # MLflow's error codes for a server that is down or overloaded: worth retrying. Anything else
 # (e.g. INVALID_PARAMETER_VALUE) is a bug in what we send and is raised at once.
@@ -46,7 +45,7 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         try:
             # without user:password@ (urllib would take it for part of the host; reachability needs no login)
-            probe = re.sub(r"(?<=://)[^/@]+@", "", uri).rstrip("/") + "/health"
+            probe = without_credentials(uri).rstrip("/") + "/health"
             with urllib.request.urlopen(probe, timeout=probe_timeout_s):
                 pass
         except urllib.error.HTTPError:
