@@ -1,4 +1,4 @@
-"""Images/s of runner/augment.py's batched augmentation against a torchvision PIL DataLoader.
+"""Images/s of runner/core/augment.py's batched augmentation against a torchvision PIL DataLoader.
 
 Reads the train split of a prepared data dir (`--data DIR`, through `runner.data.load_split`) or, without
 one, random uint8 images [N, 32, 32, 3]; writes only to stdout. Two pipelines, each timed both ways in
@@ -7,7 +7,7 @@ batched and PIL measurements interleaved, medians printed:
   base:       crop(pad 4) + hflip + cutout(16) + normalise
   rot+jitter: the same plus rotation (15 deg) and ColorJitter(0.2, 0.2, 0.2)
 PIL side: torchvision transforms per image in a DataLoader with `--workers` processes (each worker
-runs torch with 1 thread, DataLoader's default). Batched side: `runner.augment.Augment` on whole
+runs torch with 1 thread, DataLoader's default). Batched side: `runner.core.augment.Augment` on whole
 batches in this process with `torch.set_num_threads(--workers)`, so both sides use the same cores
 (OMP_WAIT_POLICY=PASSIVE unless set: see below the docstring).
 Both sides include picking the shuffled images out of the data set. CPU only.

@@ -3,10 +3,10 @@
 Sections (each timed with CUDA events after a warmup; on CPU with perf_counter):
   profile one training-core step cut into index+augment / forward+backward / optimizer / metric sums
           (wrn_std-10-1 at batch 64 and WRN-16-4 at batch 32, eager; each part ends in a device sync);
-  models  training images/s (forward + backward + optimizer step of runner.train on one pre-made batch) for
+  models  training images/s (forward + backward + optimizer step of runner.core.train on one pre-made batch) for
           WRN-16-4 in both layouts (`wrn` = davda54's n+1 units per group, `wrn_std` = the standard one) and
           EfficientNet-B0 with both stems, bf16 autocast and channels_last, eager and torch.compile;
-  loader  the training core's own epoch (`runner.train._train_epoch`: uint8 data on the device, a device
+  loader  the training core's own epoch (`runner.core.train._train_epoch`: uint8 data on the device, a device
           permutation per epoch, batched augmentation, metrics summed on the device) against the same steps
           on one pre-made batch; the ratio is the loader's cost (goal <= 1.05);
   pack    two WRN-16-4 trainings in two processes sharing the GPU against one alone (aggregate images/s; goal
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from runner import data, spec  # noqa: E402
-from runner.core import train  # noqa: E402  (runner.data and runner.train import no Ray/MLflow)
+from runner.core import train  # noqa: E402  (runner.data and runner.core.train import no Ray/MLflow)
 from runner.core.augment import Augment  # noqa: E402
 from runner.core.optim import build_optimizer  # noqa: E402
 from runner.core.schedule import EpochSchedule  # noqa: E402
@@ -69,7 +69,7 @@ def config(a: argparse.Namespace, name: str, kwargs: dict, *, compile_: bool, ba
 
 def make_run(cfg: dict, device: torch.device, mean: list[float], std: list[float],
              compile_backend: str) -> train._Run:
-    """What `runner.train.fit` builds before its first epoch (same helpers, same order)."""
+    """What `runner.core.train.fit` builds before its first epoch (same helpers, same order)."""
     torch.manual_seed(cfg["train"]["seed"])
     net = train._build_model(cfg, NUM_CLASSES, device)
     model = torch.compile(net, backend=compile_backend) if cfg["train"]["compile"] else net
@@ -307,7 +307,7 @@ def time_to_acc(a: argparse.Namespace) -> None:
     reached: dict[float, float] = {}
     started = time.perf_counter()
 
-    def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.train.Reporter
+    def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.core.train.Reporter
         elapsed = time.perf_counter() - started  # fit's epoch ends in a host sync, so this is device time too
         print(f"  epoch {metrics['epoch']:>3}  test acc {metrics['val_acc']:.4f}  "
               f"{metrics['images_per_s']:,.0f} img/s  at {elapsed:.1f} s", flush=True)

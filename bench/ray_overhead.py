@@ -2,8 +2,8 @@
 
 Same data (built-in synthetic set, or `--data DIR` prepared), model, batch, seed and torch threads on
 both sides. Each side runs the runner's own code:
-  direct: `runner.train.fit` in this process, saving the checkpoint every epoch (as `runner train --out` does);
-  Ray:    a `TorchTrainer` with one worker whose train function is `runner.tune.train_worker` (reads its
+  direct: `runner.core.train.fit` in this process, saving the checkpoint every epoch (as `runner train --out` does);
+  Ray:    a `TorchTrainer` with one worker whose train function is `runner.tune.trial.train_worker` (reads its
           shard, calls `fit`, rank 0 writes the checkpoint, `ray.train.report` hands it to Ray Train).
 An epoch's wall time is the gap between two consecutive reports as the training process sees them, so it
 holds the epoch's compute (fit's own `epoch_s`) plus everything the report path costs. The first epoch
@@ -58,7 +58,7 @@ def run_direct(cfg: dict, threads: int, directory: str) -> dict:
     meta, train_split, val_split = data.load_trial_data(cfg["data"], seed=0)
     stamps: list[tuple[float, float]] = []
 
-    def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.train.Reporter
+    def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.core.train.Reporter
         checkpoint.save(state(), directory)
         stamps.append((time.time(), metrics["epoch_s"]))
 
@@ -66,10 +66,10 @@ def run_direct(cfg: dict, threads: int, directory: str) -> dict:
     return {"called": started, "entry": started, "reports": stamps, "returned": time.time()}
 
 
-# ---------------------------------------------------------------- Ray: runner.tune.train_worker in a TorchTrainer
+# ---------------------------------------------------------------- Ray: runner.tune.trial.train_worker in a TorchTrainer
 
 def _ray_worker(loop_config: dict) -> None:
-    """runner.tune.train_worker, with `ray.train.report` timed (the one thing added)."""
+    """runner.tune.trial.train_worker, with `ray.train.report` timed (the one thing added)."""
     entry = time.time()
     import ray.train
     import torch as worker_torch

@@ -3,7 +3,7 @@
 The spec is generated (8 rows of `optimizer.lr`, wrn_std-10-1 on the built-in synthetic set, 1 Train worker
 per trial at 0.5 CPU plus a 0.5 CPU trial driver, so 2 trials run at once on 2 cores; `--data DIR` for a
 prepared set). Both sides run in this one invocation, direct first:
-  direct: each trial's `runner.train.fit` in this process, one after another, with the torch threads a Ray
+  direct: each trial's `runner.core.train.fit` in this process, one after another, with the torch threads a Ray
           worker of that size gets (1), saving a checkpoint every epoch like the Ray path does;
           the figure compared is sum(trial times) / concurrency;
   runner: `python -m runner run SPEC --num-cpus N --no-register` in a subprocess (local Ray, MLflow in a temp

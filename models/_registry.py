@@ -22,7 +22,7 @@ from torch import nn
 Builder = Callable[..., nn.Module]
 Check = Callable[..., None]
 
-# The one allowed global (style.md, "Hidden global state"): filled only by importing the family modules.
+# The one module-level registry, filled only by importing the family modules (never written afterwards).
 _MODELS: dict[str, Builder] = {}
 _CHECKS: dict[str, Check] = {}
 
@@ -123,7 +123,7 @@ def _checked_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_type(name: str, key: str, value: Any, default: Any) -> None:
     # Types follow the default's: an int parameter refuses 4.0 and True rather than coercing them
-    # silently (style.md, "silent int/float coercion"); a float parameter accepts ints (1 -> 1.0).
+    # silently (a typo must not train another model); a float parameter accepts ints (1 -> 1.0).
     if isinstance(value, bool) and not isinstance(default, bool):
         ok = False
     elif isinstance(default, bool):

@@ -61,8 +61,9 @@ def _check_efficientnet(width: float, depth: float, dropout: float, drop_connect
 def efficientnet(num_classes: int, *, width: float = 1.0, depth: float = 1.0, dropout: float = 0.2,
                  drop_connect: float = 0.2, stem: str = "stock") -> nn.Module:
     """EfficientNet-B0 scaled by `width` (channels) and `depth` (repeats); `drop_connect` is stochastic depth."""
-    # timm is imported here, not at module level: importing it (torchvision, torch._dynamo) costs ~2.5 s
-    # of CPU in every Ray process that imports `models`, and most trials never build an EfficientNet.
+    # timm is imported here, not at module level: importing it (torchvision, torch._dynamo) costs seconds
+    # of CPU (docs/benchmarks.md) in every Ray process that imports `models`, and most trials never
+    # build an EfficientNet.
     from timm.models._efficientnet_builder import decode_arch_def, round_channels
     from timm.models.efficientnet import EfficientNet
 

@@ -2,7 +2,7 @@
 
 Reads and writes nothing. Build through `models.build("resnet_guide", num_classes, width=64)`.
 `width` is the base channel count (stages of w, 2w, 4w, 8w); at the usual 64 it has 11,173,962
-parameters at 10 classes, over the 5M cap, so `runner.budget` suggests a narrower base width.
+parameters at 10 classes, over the 5M cap, so `runner.core.budget` suggests a narrower base width.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Effects of each op in runner/augment.py, checked on CPU against references or measurements.
+"""Effects of each op in runner/core/augment.py, checked on CPU against references or measurements.
 
 Run: .venv/bin/pytest tests/test_augment.py
 """

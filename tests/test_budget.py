@@ -1,4 +1,4 @@
-"""The parameter cap (runner/budget.py): counts, verdicts, suggestions and the enforce/flag modes.
+"""The parameter cap (runner/core/budget.py): counts, verdicts, suggestions and the enforce/flag modes.
 
 Run: .venv/bin/pytest tests/test_budget.py
 """

@@ -40,7 +40,7 @@ def test_every_registered_model_runs_at_32x32_and_counts_the_same_on_meta(name: 
     net = models.build(name, 7).eval()
     with torch.no_grad():
         assert net(batch()).shape == (2, 7)
-    with torch.device("meta"):  # runner.budget counts on meta: it must see the same parameters
+    with torch.device("meta"):  # runner.core.budget counts on meta: it must see the same parameters
         assert models.count_params(models.build(name, 7)) == models.count_params(net)
 
 

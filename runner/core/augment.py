@@ -66,8 +66,8 @@ def to_float(images: torch.Tensor, mean: Stats, std: Stats, channels_last: bool)
 def _normalise_bytes_(x: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
     """In place on a contiguous float NCHW batch of byte values: x / 255 -> (x - mean) / std.
 
-    NCHW because a per-channel op on NHWC's 3-wide inner dim is ~10x slower on CPU; in place because
-    each extra 6 MB temporary (a 512 batch) can cost page faults with glibc's malloc (4 ms vs 0.2 measured)."""
+    NCHW because a per-channel op on NHWC's 3-wide inner dim is much slower on CPU; in place because
+    each extra 6 MB temporary (a 512 batch) can cost page faults with glibc's malloc (docs/benchmarks.md)."""
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
@@ -266,7 +266,7 @@ class Augment:
     def _crop_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """random_crop, then hflip, then vflip, as one gather: the flips reverse the crop's index map.
         Same draws in the same order as calling the three functions, and the same result; with the
-        in-place cutout, 1.4x the images/s of the plain calls on a 2-core CPU (bench/augment.py's base)."""
+        in-place cutout, more images/s than the plain calls (bench/augment.py; docs/benchmarks.md)."""
         c = self.cfg
         if not (c["crop_padding"] or c["hflip"] or c["vflip"]):
             return x

@@ -9,7 +9,7 @@ time; the refusal gives the count, the cap and the nearest variant under it:
     the cap: efficientnet depth=1.0 width=1.0 (4,135,648) ...
 
 Counting builds the model on the meta device: shapes only, no memory, no init arithmetic, no RNG
-draws (a WRN-28-10 takes ~0.3 s to build on CPU; on meta it is instant), and the count is identical.
+draws (a WRN-28-10 is slow to build on CPU; on meta it is instant), and the count is identical.
 
 The suggestion searches a small neighbourhood per family and keeps the under-cap config with the
 most parameters:
@@ -55,7 +55,7 @@ class Verdict:
         if self.within:
             return f"{self.params:,} parameters <= cap {self.max_params:,}"
         hint = (f"nearest under the cap: {self.suggestion}" if self.suggestion
-                else "nothing in the searched neighbourhood fits (see runner/budget.py); choose a smaller model")
+                else "nothing in the searched neighbourhood fits (see runner/core/budget.py); choose a smaller model")
         return f"{self.params:,} parameters > cap {self.max_params:,}; {hint}"
 
 

@@ -275,7 +275,7 @@ def _distribute(net: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _channels_last(cfg: dict, device: torch.device) -> bool:
-    # Faster on CUDA tensor cores, and measured 2.4x faster for WRN convs on this CPU (oneDNN) too.
+    # Faster on CUDA tensor cores, and for WRN convs on CPU (oneDNN) too: docs/benchmarks.md.
     return cfg["train"]["channels_last"]
 
 

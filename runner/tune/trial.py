@@ -72,8 +72,8 @@ def trial_driver(config: dict) -> None:
     scaling = cfg["scaling"]
     trial_id = ray.tune.get_context().get_trial_id()
     # Train's controller polls its workers every 2 s and takes one report per poll, so any epoch
-    # shorter than 2 s was stretched to 2 s (measured 5.1x slower for 0.36 s epochs; 1.05x at 0.2 s,
-    # and teardown 5.0 s -> 0.6 s). It reads this from the process that calls fit(): this one.
+    # shorter than 2 s was stretched to 2 s (bench/ray_overhead.py;
+    # docs/benchmarks.md). It reads this from the process that calls fit(): this one.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     workers = {"CPU": scaling["cpus_per_worker"]}
     gpus = resources.gpus(scaling)
