@@ -93,8 +93,8 @@ def test_the_tracker_and_a_served_model_refuse_the_payload(tmp_path: Path, track
 def test_real_checkpoints_hold_only_tensors_and_plain_values(tmp_path: Path, overrides: dict) -> None:
     cfg = spec.trial_config({"data.path": "synthetic:20", "model.name": "wrn", "model.depth": 10,
                              "model.width": 1, "train.epochs": 1, "train.batch_size": 8, **overrides})
-    split, val = data.load_train_shard("synthetic:20", rank=0, world=1, val_fraction=0.2, seed=0)
-    train.fit(cfg, split, val, data.read_meta("synthetic:20").classes,
+    meta, split, val = data.load_trial_data(cfg["data"], seed=0)
+    train.fit(cfg, split, val, meta.classes,
               lambda metrics, state: checkpoint.save(state(), tmp_path))
     state = checkpoint.load(tmp_path)  # weights_only: raises on anything but tensors and plain values
     assert state["epoch"] == cfg["train"]["epochs"] and state["image_shape"] == [32, 32, 3]
