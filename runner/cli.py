@@ -168,18 +168,11 @@ def _absolute_if_local(path: str) -> str:
 
 
 def _tta(text: str) -> dict:
-    """`--tta`: N (N flip views; 1 is none, as before the eval group existed) or MODE[:N]; checked by the
-    schema's own eval rules while the arguments are parsed, so a bad value costs nothing."""
+    """`--tta N|MODE[:N]`, checked by the schema while the arguments are parsed (runner.spec.eval_override)."""
     from runner import spec
 
-    mode, _, count = text.partition(":")
     try:
-        views = int(count) if count else None
-        if mode.lstrip("-").isdigit():
-            mode, views = ("none" if int(mode) == 1 else "flips"), int(mode)
-        if views is None:
-            views = 2 if mode == "flips" else 1
-        return spec.trial_config({"eval.tta": mode, "eval.views": views}, file="--tta")["eval"]
+        return spec.eval_override(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
 
@@ -247,8 +240,9 @@ def _check(args: argparse.Namespace) -> int:
     from runner import data, report, spec
     from runner.core import budget
 
-    if args.diff:
-        return _check_diff(args)
+    if args.diff:  # `--diff FROM TO`: what trial TO changes from FROM, as the report's sentence
+        print("\n".join(spec.diff.describe(*args.diff, args.specs, spec_overrides(args))))
+        return 0
     if not args.specs:
         raise ValueError("runner check: name at least one spec file, e.g. runner check experiments/*.yaml")
     for path in args.specs:
@@ -274,29 +268,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from runner.spec.export import schema_text
+    from runner.spec import export
 
-    sys.stdout.write(schema_text())
-    return 0
-
-
-def _check_diff(args: argparse.Namespace) -> int:
-    """`runner check --diff FROM TO`: the fields trial TO changes from trial FROM, as one sentence."""
-    import glob
-
-    from runner import spec
-    from runner.spec import diff
-
-    paths = args.specs or sorted(glob.glob(os.path.join("experiments", "*.yaml")))
-    loaded = [spec.load_spec(path, spec_overrides(args)) for path in paths]
-    (spec_a, a), (spec_b, b) = (diff.find_trial(ref, loaded, spec_overrides(args)) for ref in args.diff)
-    changes = diff.differences(a.config, b.config)
-    count = "1 field differs" if len(changes) == 1 else f"{len(changes)} fields differ"
-    print(f"{spec_a.name}#{a.name} -> {spec_b.name}#{b.name}: {count}")
-    for key, old, new in changes:
-        print(f"  {key}: {diff.change(old, new)}")
-    print(diff.sentence(args.diff[0], args.diff[1], changes))
-    return 0
+    return 0 if sys.stdout.write(export.schema_text()) else 1
 
 
 def _amount(value: float | str) -> str:

@@ -4,8 +4,18 @@
     for trial in spec.trials: trial.name, trial.config, trial.reported
 """
 
-from runner.spec.load import Spec, Trial, dump_yaml, load_spec, load_yaml_file, parse_override, trial_config
+from runner.spec import diff
+from runner.spec.load import (
+    Spec,
+    Trial,
+    dump_yaml,
+    eval_override,
+    load_spec,
+    load_yaml_file,
+    parse_override,
+    trial_config,
+)
 from runner.spec.schema import SpecError
 
-__all__ = ["Spec", "SpecError", "Trial", "dump_yaml", "load_spec", "load_yaml_file", "parse_override",
-           "trial_config"]
+__all__ = ["Spec", "SpecError", "Trial", "diff", "dump_yaml", "eval_override", "load_spec", "load_yaml_file",
+           "parse_override", "trial_config"]

@@ -9,6 +9,7 @@ their folder). The difference reads like the report's sentence:
 
 from __future__ import annotations
 
+import glob
 import json
 from typing import Any
 
@@ -38,6 +39,18 @@ def find_trial(ref: str, specs: list[Spec], overrides: list[str] | None = None) 
         raise SpecError(searched, f"--diff {ref}: {name!r} is a trial of {', '.join(s.name for s, _ in found)}; "
                                   f"write SPEC#{name}")
     return found[0]
+
+
+def describe(ref_a: str, ref_b: str, paths: list[str], overrides: list[str] | None = None) -> list[str]:
+    """The lines `runner check --diff` prints: a heading, one line per field, then the sentence. The
+    trials are looked up in the spec files `paths` (none given: experiments/*.yaml)."""
+    specs = [load_spec(path, overrides or []) for path in paths or sorted(glob.glob("experiments/*.yaml"))]
+    (spec_a, a), (spec_b, b) = (find_trial(ref, specs, overrides) for ref in (ref_a, ref_b))
+    changes = differences(a.config, b.config)
+    count = "1 field differs" if len(changes) == 1 else f"{len(changes)} fields differ"
+    return [f"{spec_a.name}#{a.name} -> {spec_b.name}#{b.name}: {count}",
+            *(f"  {key}: {change(old, new)}" for key, old, new in changes),
+            sentence(ref_a, ref_b, changes)]
 
 
 def differences(before: dict, after: dict) -> list[tuple[str, Any, Any]]:

@@ -205,6 +205,19 @@ def trial_config(overrides: dict, file: str = "command line") -> dict:
     return validate(unflatten(dict(overrides), file, "cli"), file, row=None)
 
 
+def eval_override(text: str) -> dict:
+    """A command line's `--tta`: N (N flip views; 1 is none, as before the eval group existed) or
+    MODE[:N] -> a validated `eval` group (the same rules as a spec's; SpecError names the problem)."""
+    mode, _, count = text.partition(":")
+    if mode.lstrip("-").isdigit():
+        mode, count = ("none" if int(mode) == 1 else "flips"), mode
+    try:
+        views = int(count) if count else (2 if mode == "flips" else 1)
+    except ValueError:
+        raise SpecError("--tta", f"views {count!r} must be an integer, e.g. flips:4") from None
+    return trial_config({"eval.tta": mode, "eval.views": views}, file="--tta")["eval"]
+
+
 def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
 
