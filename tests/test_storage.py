@@ -184,3 +184,77 @@ def test_prepare_straight_to_s3_uploads_meta_json_last_and_refuses_to_clobber(s3
     capsys.readouterr()
     assert cli.main(["data", "prepare", "synthetic:100", "s3://no-such-bucket-here/x"]) == 2  # before any work
     assert "bucket 'no-such-bucket-here' does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- end to end: runner run on the bucket
+GRID = """
+name: s3_grid
+base:
+  data: {{path: "{data}", val_fraction: 0.25}}
+  model: {{name: wrn_std, depth: 10, width: 1}}
+  train: {{epochs: 2, batch_size: 32}}
+  scaling: {{workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.5}}
+runs:
+  - name: ddp
+    scaling: {{workers: 2, cpus_per_worker: 0.5, trial_cpus: 0.5}}
+  - name: single
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_grid_keeps_everything_durable_in_the_buckets(s3, mlflow_s3_server, short_dir, tmp_path, monkeypatch,
+                                                        capsys) -> None:
+    """`runner run --storage s3://...` with the data set in the bucket and `mlflow server
+    --artifacts-destination s3://...`: Tune state, checkpoints, results.csv, trial artifacts and the
+    registered model land in the buckets, nothing a new node would need on local disk; then `runner submit`
+    from the alias reads the model and the data set back through them."""
+    import csv
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from runner import data
+
+    assert cli.main(["data", "prepare", "synthetic:400", s3.uri("data/synth")]) == 0  # workers read it from here
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(GRID.format(data=s3.uri("data/synth"))))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_s3_server.uri)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "RAY_TMPDIR": f"{short_dir}/t"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "runner", "run", str(spec), "--storage", s3.uri("runs"),
+                           "--num-cpus", "2", "--max-concurrent", "1", "--register", "s3_grid"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-5000:]
+    assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]  # no ./results, no ./mlruns: all of it is in the buckets
+
+    keys = s3.keys("runs")
+    experiment = keys[0].split("/")[1]
+    assert f"results: {s3.uri('runs')}/{experiment}/results.csv" in out
+    assert f"runs/{experiment}/tuner.pkl" in keys
+    assert any(k.startswith(f"runs/{experiment}/experiment_state-") for k in keys), keys
+    checkpoints = [k for k in keys if k.endswith("/state.pt")]
+    assert len(checkpoints) >= 2, keys  # each trial's best checkpoint at least
+    rows = list(csv.DictReader(storage.read_text(f"{s3.uri('runs')}/{experiment}/results.csv").splitlines()))
+    assert {(r["trial"], r["status"], r["epochs"]) for r in rows} == {("ddp", "FINISHED", "2"),
+                                                                      ("single", "FINISHED", "2")}
+
+    client = MlflowClient(mlflow_s3_server.uri)
+    artifacts = s3.server.keys(mlflow_s3_server.bucket, "mlflow")
+    for run in client.search_runs([client.get_experiment_by_name("s3_grid").experiment_id],
+                                  "tags.`runner.kind` = 'trial'"):
+        assert any(k.endswith(f"/{run.info.run_id}/artifacts/checkpoint/state.pt") for k in artifacts), artifacts
+    version = client.get_model_version_by_alias("s3_grid", "champion")
+    model_id = version.source.removeprefix("models:/")
+    assert any(k.endswith(f"/models/{model_id}/artifacts/MLmodel") for k in artifacts), (version.source, artifacts)
+
+    capsys.readouterr()
+    submission = tmp_path / "submission.csv"
+    assert cli.main(["submit", "--model", "models:/s3_grid@champion", "--data", s3.uri("data/synth"),
+                     "--out", str(submission)]) == 0
+    with open(submission) as fh:
+        ids = [row["id"] for row in csv.DictReader(fh)]
+    assert ids == data.load_test(s3.uri("data/synth"))[1].ids  # every test image of the set in the bucket, in order

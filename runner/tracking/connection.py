@@ -43,6 +43,11 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # A server whose artifacts live in S3 (`--artifacts-destination s3://...`, as on the cluster) has MLflow
+        # 3.17 clients fetch every artifact straight from the bucket through presigned URLs: this machine would
+        # then need a route to the store (a MinIO inside the cluster: none) and, on a refused URL, retried for
+        # minutes. Through the server instead, which holds the credentials and the route.
+        os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
         try:
             # without user:password@ (urllib would take it for part of the host; reachability needs no login)
             probe = without_credentials(uri).rstrip("/") + "/health"
