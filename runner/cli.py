@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("mlflow", help="tracking maintenance")
     mlflow_commands = p.add_subparsers(metavar="ACTION")
-    rec = mlflow_commands.add_parser("reconcile", help="mark runs whose Ray trial is gone KILLED")
+    rec = mlflow_commands.add_parser("reconcile",
+                                     help="mark RUNNING runs whose driver is gone KILLED; live ones are skipped")
     rec.add_argument("spec_name", nargs="?")
     rec.set_defaults(handler=_reconcile)
     return parser
@@ -335,8 +336,10 @@ def _reconcile(args: argparse.Namespace) -> int:
     """Runs left RUNNING by a killed driver are marked KILLED."""
     from runner.tracking import queries
 
-    ended = queries.reconcile(args.spec_name)
-    print(f"marked {len(ended)} run(s) KILLED" + (f": {', '.join(ended)}" if ended else ""))
+    outcome = queries.reconcile(args.spec_name)
+    print(f"marked {len(outcome.ended)} run(s) KILLED" + (f": {', '.join(outcome.ended)}" if outcome.ended else ""))
+    for run_id, name, why in outcome.skipped:
+        print(f"skipped {name} ({run_id}): still alive, {why}")
     return 0
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from runner.tracking import queries
+from runner import cli
+from runner.tracking import liveness, queries
 from runner.tracking.connection import TrackingError
 from runner.tracking.tracker import Tracker, install_signal_handlers
 
@@ -155,21 +159,74 @@ def test_refused_write_raises_at_once(tracking_uri: str) -> None:
     tracker.close()
 
 
-def test_runs_never_left_running(tracking_uri: str, tmp_path: Path) -> None:
+def test_runs_never_left_running(tracking_uri: str) -> None:
     client = MlflowClient(tracking_uri)
     with pytest.raises(ValueError), Tracker("m1", tracking_uri) as tracker:
         failed = [tracker.start_parent(), tracker.start_trial("t0", "row-0", config(0.1))]
         raise ValueError("trial blew up")
     assert {client.get_run(r).info.status for r in failed} == {"FAILED"}
 
-    orphan = Tracker("m1", tracking_uri, staging_dir=tmp_path)  # a driver that is SIGKILLed: never closed
-    parent = orphan.start_parent()
-    dead, alive = orphan.start_trial("t1", "row-1", config(0.1)), orphan.start_trial("t2", "row-2", config(0.2))
-    assert queries.reconcile("m1", {"t2"}, tracking_uri) == [dead]
-    assert client.get_run(alive).info.status == "RUNNING" and client.get_run(parent).info.status == "RUNNING"
-    assert set(queries.reconcile("m1", None, tracking_uri)) == {alive, parent}
-    assert {client.get_run(r).info.status for r in (parent, dead, alive)} == {"KILLED"}
-    assert client.get_run(dead).data.tags["status"] == "KILLED"
+
+DRIVER = """
+import os, sys
+from runner.tracking.tracker import Tracker
+tracker = Tracker("m1", sys.argv[1])
+runs = [tracker.start_parent(), tracker.start_trial("t1", "row-1", {}), tracker.start_trial("t2", "row-2", {})]
+tracker.flush()
+print(" ".join(runs), flush=True)
+os._exit(0)  # as a SIGKILLed driver: no close, runs left RUNNING
+"""
+
+
+def test_reconcile_ends_only_the_runs_whose_driver_is_gone(tracking_uri: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    client = MlflowClient(tracking_uri)
+    dead = subprocess.run([sys.executable, "-c", DRIVER, tracking_uri], capture_output=True, text=True,
+                          check=True, timeout=120).stdout.split()
+    live = Tracker("m1", tracking_uri, staging_dir=tmp_path)  # this process: alive
+    alive = [live.start_parent(), live.start_trial("t3", "row-3", config(0.1))]
+    live.flush()
+
+    outcome = queries.reconcile("m1", tracking_uri)
+    assert sorted(outcome.ended) == sorted(dead)
+    assert {run_id for run_id, _, _ in outcome.skipped} == set(alive)
+    assert all(f"driver pid {os.getpid()}" in why and "running" in why for _, _, why in outcome.skipped)
+    assert {client.get_run(r).info.status for r in dead} == {"KILLED"}
+    assert {client.get_run(r).info.status for r in alive} == {"RUNNING"}
+    assert "pid" in client.get_run(dead[0]).data.tags["runner.reconciled"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    assert cli.main(["mlflow", "reconcile", "m1"]) == 0
+    out = capsys.readouterr().out
+    assert "marked 0 run(s) KILLED" in out and f"skipped row-3 ({alive[1]}): still alive, driver pid" in out
+    assert cli.main(["mlflow", "reconcile", "m11"]) == 2 and "did you mean m1?" in capsys.readouterr().err
+
+    # a driver on another host is judged by its heartbeat: fresh -> skipped, stale -> ended
+    client.set_tag(alive[0], liveness.HOST, "head-node-elsewhere")
+    assert not queries.reconcile("m1", tracking_uri).ended
+    later = time.time() + liveness.STALE_S + 5
+    outcome = queries.reconcile("m1", tracking_uri, now=later)
+    assert sorted(outcome.ended) == sorted(alive) and not outcome.skipped
+    assert "last heartbeat" in client.get_run(alive[1]).data.tags["runner.reconciled"]
+    live.close()
+
+    with pytest.raises(TrackingError, match=r"no MLflow experiment 'm11'.*did you mean m1\?"):
+        queries.reconcile("m11", tracking_uri)
+    with pytest.raises(TrackingError, match=r"no MLflow experiment 'zzz'.*experiments there: Default, m1"):
+        queries.reconcile("zzz", tracking_uri)
+
+
+def test_the_heartbeat_keeps_the_parent_fresh(tracking_uri: str) -> None:
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("beat")).info.run_id
+    beat = liveness.Heartbeat(client, run_id, interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 30
+        while liveness.HEARTBEAT not in client.get_run(run_id).data.tags and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        beat.stop()
+    assert abs(int(client.get_run(run_id).data.tags[liveness.HEARTBEAT]) - time.time()) < 60
 
 
 def test_sigterm_ends_runs_killed(tracking_uri: str) -> None:

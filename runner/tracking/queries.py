@@ -1,14 +1,19 @@
 """Reading back what the tracker wrote: a spec's latest invocation, its trials as results rows,
-and `runner mlflow reconcile` (runs a SIGKILLed driver left RUNNING are ended KILLED)."""
+and `runner mlflow reconcile` (runs whose driver is gone, e.g. SIGKILLed, are ended KILLED; runs of a
+live driver are left alone and named)."""
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from runner import cost
+from runner.masking import redact
+from runner.tracking import liveness
 from runner.tracking.connection import TrackingError, connect, quote
 from runner.tracking.tracker import SUMMARY
 
@@ -64,31 +69,48 @@ def fetch_trial_rows(experiment_name: str, tracking_uri: str | None = None,
     return [{**run_row(run), "varied": {k: run.data.params.get(k) for k in varied}} for run in runs]
 
 
-def reconcile(experiment_name: str | None, alive_trial_ids: set[str] | None = None,
-              tracking_uri: str | None = None) -> list[str]:
-    """Mark RUNNING runs KILLED whose trial is not in `alive_trial_ids` (None: nothing is alive, e.g.
-    after the driver was SIGKILLed); a parent is ended when none of its trials is alive. No experiment
-    name: every experiment. Returns the run ids it ended."""
+@dataclass
+class Reconciled:
+    ended: list[str]  # run ids marked KILLED
+    skipped: list[tuple[str, str, str]]  # (run id, run name, why it was left RUNNING)
+
+
+def reconcile(experiment_name: str | None, tracking_uri: str | None = None, now: float | None = None) -> Reconciled:
+    """Mark KILLED the RUNNING runs whose driver is gone (`runner.tracking.liveness`: its process on this
+    host, else its heartbeat); a trial follows its parent's driver. Runs of a live driver are skipped,
+    with the reason. No experiment name: every experiment; an unknown one is an error naming those there."""
     client = connect(tracking_uri)
     if experiment_name is None:
         ids = [e.experiment_id for e in client.search_experiments()]
     else:
         experiment = client.get_experiment_by_name(experiment_name)
-        ids = [experiment.experiment_id] if experiment else []
-    if not ids:
-        return []
-    running = client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=10000)
-    alive = alive_trial_ids or set()
-    alive_parents = {r.data.tags.get("mlflow.parentRunId") for r in running
-                     if r.data.tags.get("runner.trial_id") in alive}
-    ended = []
+        if experiment is None:
+            names = [e.name for e in client.search_experiments()]
+            close = difflib.get_close_matches(experiment_name, names, n=3)
+            raise TrackingError(f"no MLflow experiment {experiment_name!r} at {redact(client.tracking_uri)}"
+                                + (f"; did you mean {', '.join(close)}?" if close else
+                                   f"; experiments there: {', '.join(sorted(names)) or 'none'}"))
+        ids = [experiment.experiment_id]
+    running = client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=10000) if ids else []
+    verdicts: dict[str, tuple[bool, str]] = {}
+
+    def driver(parent_id: str) -> tuple[bool, str]:
+        if parent_id not in verdicts:
+            parent = client.get_run(parent_id)
+            verdicts[parent_id] = ((False, f"its parent run is {parent.info.status}")
+                                   if parent.info.status != "RUNNING" else liveness.verdict(parent.data.tags, now))
+        return verdicts[parent_id]
+
+    outcome = Reconciled([], [])
     for run in running:
         tags = run.data.tags
-        gone = (run.info.run_id not in alive_parents if tags.get("runner.kind") == "parent"
-                else tags.get("runner.trial_id") not in alive)
-        if alive_trial_ids is None or gone:
-            client.log_batch(run.info.run_id, tags=[RunTag("runner.reconciled", "trial gone"),
-                                                    RunTag("status", RunStatus.to_string(RunStatus.KILLED))])
-            client.set_terminated(run.info.run_id, "KILLED")
-            ended.append(run.info.run_id)
-    return ended
+        alive, why = (liveness.verdict(tags, now) if tags.get("runner.kind") == "parent" or
+                      "mlflow.parentRunId" not in tags else driver(tags["mlflow.parentRunId"]))
+        if alive:
+            outcome.skipped.append((run.info.run_id, run.info.run_name, why))
+            continue
+        client.log_batch(run.info.run_id, tags=[RunTag("runner.reconciled", why),
+                                                RunTag("status", RunStatus.to_string(RunStatus.KILLED))])
+        client.set_terminated(run.info.run_id, "KILLED")
+        outcome.ended.append(run.info.run_id)
+    return outcome

@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from runner import cost, report
 from runner.masking import flatten_params, mask_secrets, redact
 from runner.resources import TrialNeed, need_of
+from runner.tracking import liveness
 from runner.tracking.connection import TrackingError, connect, ensure_experiment, quote, resolve_tracking_uri
 from runner.tracking.provenance import DataSets, invocation_tags
 from runner.tracking.queue import WriteQueue
@@ -68,6 +69,7 @@ class Tracker:
         self.experiment_name = experiment_name
         self.parent_run_id: str | None = None
         self.invocation_id: str | None = None
+        self._heartbeat: liveness.Heartbeat | None = None  # for `runner mlflow reconcile`
         self._open: dict[str, str] = {}  # run id -> trial id, for runs not yet ended
         self._seen: set[tuple[str, str, int]] = set()  # (run, key, step): a re-reported epoch is skipped
         self._history: dict[str, dict[int, dict[str, float]]] = {}
@@ -103,13 +105,16 @@ class Tracker:
             self.parent_run_id = found.info.run_id
             self.invocation_id = found.data.tags.get("runner.invocation_id", invocation_id)
             self._queue.call("reopen parent", lambda: self.client.update_run(self.parent_run_id, "RUNNING"))
+            driver = [RunTag(k, v) for k, v in liveness.driver_tags().items()]  # this process drives it now
+            self._queue.call("driver tags", lambda: self.client.log_batch(self.parent_run_id, tags=driver))
         else:
             self.invocation_id = invocation_id or uuid.uuid4().hex
             all_tags = {"runner.kind": "parent", "runner.invocation_id": self.invocation_id,
-                        **invocation_tags(spec_path), **(tags or {})}
+                        **invocation_tags(spec_path), **liveness.driver_tags(), **(tags or {})}
             run = self._queue.call("create parent run", lambda: self.client.create_run(
                 self.experiment_id, tags=all_tags, run_name=run_name or self.experiment_name))
             self.parent_run_id = run.info.run_id
+        self._heartbeat = liveness.Heartbeat(self.client, self.parent_run_id)
         self._open[self.parent_run_id] = ""
         return self.parent_run_id
 
@@ -290,6 +295,8 @@ class Tracker:
         if self._queue.closed:
             return
         self._queue.closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         # trials first, then the parent; queued behind any writes still pending, delivered by flush
         for run_id in sorted(self._open, key=lambda r: not self._open[r]):
             self._queue.pending.append(("end open run", lambda r=run_id: self.client.set_terminated(r, status)))
