@@ -3,10 +3,10 @@
 Sections (each timed with CUDA events after a warmup; on CPU with perf_counter):
   profile one training-core step cut into index+augment / forward+backward / optimizer / metric sums
           (wrn_std-10-1 at batch 64 and WRN-16-4 at batch 32, eager; each part ends in a device sync);
-  models  training images/s (forward + backward + optimizer step of runner.core.train on one pre-made batch) for
+  models  training images/s (forward + backward + optimizer step of runner.train on one pre-made batch) for
           WRN-16-4 in both layouts (`wrn` = davda54's n+1 units per group, `wrn_std` = the standard one) and
           EfficientNet-B0 with both stems, bf16 autocast and channels_last, eager and torch.compile;
-  loader  the training core's own epoch (`runner.core.train._train_epoch`: uint8 data on the device, a device
+  loader  the training core's own epoch (`runner.core.train.train_epoch`: uint8 data on the device, a device
           permutation per epoch, batched augmentation, metrics summed on the device) against the same steps
           on one pre-made batch; the ratio is the loader's cost (goal <= 1.05);
   pack    two WRN-16-4 trainings in two processes sharing the GPU against one alone (aggregate images/s; goal
@@ -40,12 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from runner import data, spec  # noqa: E402
-from runner.core import train  # noqa: E402  (runner.data and runner.core.train import no Ray/MLflow)
-from runner.core.augment import Augment  # noqa: E402
-from runner.core.optim import build_optimizer  # noqa: E402
-from runner.core.schedule import EpochSchedule  # noqa: E402
+from runner.core import step, train  # noqa: E402  (the training core imports no Ray/MLflow)
 
 NUM_CLASSES = 10
+CLASSES = [str(c) for c in range(NUM_CLASSES)]
 WRN = {"depth": 16, "width": 4}
 MODELS = (("WRN-16-4 (wrn, davda54 layout)", "wrn", WRN), ("WRN-16-4 (wrn_std, standard)", "wrn_std", WRN),
           ("EfficientNet-B0 (stock stem)", "efficientnet", {"stem": "stock"}),
@@ -67,18 +65,10 @@ def config(a: argparse.Namespace, name: str, kwargs: dict, *, compile_: bool, ba
     return spec.trial_config(flat)
 
 
-def make_run(cfg: dict, device: torch.device, mean: list[float], std: list[float],
-             compile_backend: str) -> train._Run:
-    """What `runner.core.train.fit` builds before its first epoch (same helpers, same order)."""
-    torch.manual_seed(cfg["train"]["seed"])
-    net = train._build_model(cfg, NUM_CLASSES, device)
-    model = torch.compile(net, backend=compile_backend) if cfg["train"]["compile"] else net
-    optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
-    return train._Run(cfg=cfg, model=model, eval_model=net, optimizer=optimizer,
-                      schedule=EpochSchedule(optimizer, cfg["schedule"], cfg["train"]["epochs"]),
-                      augment=Augment(cfg["augment"], mean, std, train._channels_last(cfg, device)),
-                      device=device, autocast_dtype=train._autocast_dtype(cfg, device), rank=0, world=1,
-                      num_classes=NUM_CLASSES)
+def make_run(a: argparse.Namespace, cfg: dict, images: torch.Tensor, labels: torch.Tensor) -> train.Run:
+    """What `runner.core.train.fit` builds before its first epoch (its own `prepare`), on these images."""
+    split = data.Split(images, labels, [str(i) for i in range(len(labels))])
+    return train.prepare(cfg, split, None, CLASSES, device=a.device, compile_backend=a.compile_backend)
 
 
 def seconds(device: torch.device, fn: Callable[[], object]) -> float:
@@ -122,7 +112,7 @@ def bench_models(a: argparse.Namespace, images: torch.Tensor) -> None:
     print(f"\n[models] training images/s, batch {a.batch}, pre-made batch, "
           f"{'bf16 autocast' if a.device.type == 'cuda' else 'fp32'}, channels_last; "
           f"{a.warmup} warmup + {a.steps} timed steps")
-    mean, std = [0.5] * 3, [0.25] * 3
+    labels = torch.randint(0, NUM_CLASSES, (a.batch,), generator=torch.Generator().manual_seed(0))
     for label, name, kwargs in MODELS:
         if a.quick:
             kwargs = TINY[name] | ({"stem": kwargs["stem"]} if "stem" in kwargs else {})
@@ -132,11 +122,11 @@ def bench_models(a: argparse.Namespace, images: torch.Tensor) -> None:
         compiles = (False,) if a.no_compile or (a.quick and name != "wrn_std") else (False, True)
         for compile_ in compiles:
             cfg = config(a, name, kwargs, compile_=compile_, batch=a.batch)
-            run = make_run(cfg, a.device, mean, std, a.compile_backend)
-            x = run.augment(images[:a.batch].to(a.device), torch.Generator(device=a.device).manual_seed(0))
-            y = torch.randint(0, NUM_CLASSES, (a.batch,), device=a.device)
-            warm = seconds(a.device, lambda run=run, x=x, y=y: [train._step(run, x, y, 0.0) for _ in range(a.warmup)])
-            took = seconds(a.device, lambda run=run, x=x, y=y: [train._step(run, x, y, 0.0) for _ in range(a.steps)])
+            run = make_run(a, cfg, images[:a.batch], labels)
+            x = run.augment(run.train_x, torch.Generator(device=a.device).manual_seed(0))
+            y = run.train_y
+            warm = seconds(a.device, lambda run=run, x=x, y=y: [step.step(run, x, y) for _ in range(a.warmup)])
+            took = seconds(a.device, lambda run=run, x=x, y=y: [step.step(run, x, y) for _ in range(a.steps)])
             rates[compile_] = a.batch * a.steps / took
             print(f"  {label:32s} {'compiled' if compile_ else 'eager':8s} {rates[compile_]:>10,.0f} img/s "
                   f"({took / a.steps * 1000:.2f} ms/step; warmup incl. compile {warm:.1f} s)", flush=True)
@@ -152,21 +142,19 @@ def bench_loader(a: argparse.Namespace, images: torch.Tensor, labels: torch.Tens
     name, kwargs = "wrn_std", TINY["wrn_std"] if a.quick else WRN
     compile_ = not a.no_compile and not a.quick  # --quick: the models section already runs a compiled model
     cfg = config(a, name, kwargs, compile_=compile_, batch=a.batch)
-    images_d, labels_d = train._to_device(data.Split(images, labels, []), a.device)
-    mean, std = data.channel_stats(images_d)
-    run = make_run(cfg, a.device, mean, std, a.compile_backend)
-    steps = len(labels_d) // a.batch
+    run = make_run(a, cfg, images, labels)
+    steps, images_d, labels_d = run.steps_per_epoch, run.train_x, run.train_y
     x = run.augment(images_d[:a.batch], torch.Generator(device=a.device).manual_seed(0))
     y = labels_d[:a.batch]
 
     def real(epoch: int) -> None:  # exactly what fit runs for the training half of an epoch
-        train._train_epoch(run, images_d, labels_d, train._seed_epoch(run, epoch))
+        train.train_epoch(run, epoch)
 
     def premade() -> None:  # the same steps and metric sums; no indexing, no augmentation
         run.model.train()
         sums = torch.zeros(2, device=a.device, dtype=torch.float64)
         for _ in range(steps):
-            loss, logits = train._step(run, x, y, 0.0)
+            loss, logits = step.step(run, x, y)
             sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
         sums.tolist()
 
@@ -193,35 +181,34 @@ def bench_profile(a: argparse.Namespace, images: torch.Tensor, labels: torch.Ten
     no longer overlap with the host: the sum is a little above the real step time)."""
     cases = (("wrn_std-10-1", {"depth": 10, "width": 1}, 64), ("WRN-16-4 (wrn_std)", WRN, 32))
     print(f"\n[profile] one training step in parts, {a.profile_steps} steps after {a.warmup} warmup, eager")
-    images_d, labels_d = train._to_device(data.Split(images, labels, []), a.device)
     for label, kwargs, batch in cases:
         if a.quick:
             kwargs, batch, label = TINY["wrn_std"], a.batch, f"{label} as wrn_std {TINY['wrn_std']}"
         cfg = config(a, "wrn_std", kwargs, compile_=False, batch=batch)
-        run = make_run(cfg, a.device, [0.5] * 3, [0.25] * 3, a.compile_backend)
+        run = make_run(a, cfg, images, labels)
+        images_d, labels_d = run.train_x, run.train_y
         generator = torch.Generator(device=a.device).manual_seed(0)
         order = torch.randperm(len(labels_d), device=a.device, generator=generator)
         parts = {"index + augment": 0.0, "forward + backward": 0.0, "optimizer step": 0.0, "metric sums": 0.0}
         sums = torch.zeros(2, device=a.device, dtype=torch.float64)
         run.model.train()
         steps = min(a.warmup + a.profile_steps, len(labels_d) // batch)
-        for step in range(steps):
+        for i in range(steps):
             clock = [time.perf_counter()]
-            index = order[step * batch:(step + 1) * batch]
+            index = order[i * batch:(i + 1) * batch]
             x, y = run.augment(images_d[index], generator), labels_d[index]
             sync(a.device)
             clock.append(time.perf_counter())
-            loss, logits = train._forward_backward(run, x, y, 0.0)
+            loss, logits = step.forward_backward(run, x, y)
             sync(a.device)
             clock.append(time.perf_counter())
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            step.update(run, x, y)
             sync(a.device)
             clock.append(time.perf_counter())
             sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
             sync(a.device)
             clock.append(time.perf_counter())
-            if step >= a.warmup:
+            if i >= a.warmup:
                 for name, start, end in zip(parts, clock, clock[1:], strict=False):
                     parts[name] += end - start
         total = sum(parts.values())
@@ -236,17 +223,17 @@ def pack_worker(a: argparse.Namespace) -> None:
     """One training process of the pack test: warm up, wait for the others, train for --pack-seconds."""
     images, labels, _ = load_images(a)
     cfg = config(a, "wrn_std", TINY["wrn_std"] if a.quick else WRN, compile_=False, batch=a.pack_batch)
-    images_d, labels_d = train._to_device(data.Split(images, labels, []), a.device)
-    run = make_run(cfg, a.device, [0.5] * 3, [0.25] * 3, a.compile_backend)
+    run = make_run(a, cfg, images, labels)
+    images_d, labels_d = run.train_x, run.train_y
     generator = torch.Generator(device=a.device).manual_seed(os.getpid())
     run.model.train()
 
-    def step() -> None:
+    def one_step() -> None:
         index = torch.randint(0, len(labels_d), (a.pack_batch,), device=a.device, generator=generator)
-        train._step(run, run.augment(images_d[index], generator), labels_d[index], 0.0)
+        step.step(run, run.augment(images_d[index], generator), labels_d[index])
 
     for _ in range(a.warmup):
-        step()
+        one_step()
     sync(a.device)
     Path(a.pack_dir, f"ready-{os.getpid()}").touch()
     while len(list(Path(a.pack_dir).glob("ready-*"))) < a.pack_peers:  # a barrier: measure together
@@ -254,7 +241,7 @@ def pack_worker(a: argparse.Namespace) -> None:
     steps, started = 0, time.perf_counter()
     while time.perf_counter() - started < a.pack_seconds:
         for _ in range(10):
-            step()
+            one_step()
         steps += 10
         sync(a.device)
     elapsed = time.perf_counter() - started
@@ -307,7 +294,7 @@ def time_to_acc(a: argparse.Namespace) -> None:
     reached: dict[float, float] = {}
     started = time.perf_counter()
 
-    def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.core.train.Reporter
+    def report(metrics: dict, state) -> None:  # noqa: ANN001 - runner.train.Reporter
         elapsed = time.perf_counter() - started  # fit's epoch ends in a host sync, so this is device time too
         print(f"  epoch {metrics['epoch']:>3}  test acc {metrics['val_acc']:.4f}  "
               f"{metrics['images_per_s']:,.0f} img/s  at {elapsed:.1f} s", flush=True)

@@ -11,7 +11,7 @@ import torch
 from runner import data, spec
 from runner.core import budget, checkpoint, train
 from runner.core.optim import SAM, build_optimizer
-from runner.core.schedule import EpochSchedule
+from runner.core.schedule import Schedule
 from runner.data import Split
 
 TINY = {"model.name": "wrn_std", "model.depth": 10, "model.width": 1, "data.path": "synthetic:600",
@@ -94,7 +94,7 @@ def test_sam_and_label_smoothing_take_two_passes_and_update_weights():
     net = torch.nn.Linear(4, 2)
     optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
     assert isinstance(optimizer, SAM)
-    with pytest.raises(RuntimeError, match="first_step"):
+    with pytest.raises(RuntimeError, match="closure"):
         optimizer.step()
 
 
@@ -109,15 +109,21 @@ def test_every_optimizer_builds_and_steps(name):
     assert not torch.equal(before, net.weight)
 
 
-def lrs(schedule_overrides: dict, epochs: int, base_lr: float = 1.0, accs=None) -> list[float]:
+def lrs(schedule_overrides: dict, epochs: int, base_lr: float = 1.0, accs=None, steps: int = 1) -> list[float]:
+    """The lr of every optimizer step (`steps` per epoch), stepping the schedule as the training core does."""
     cfg = spec.trial_config({**{f"schedule.{k}": v for k, v in schedule_overrides.items()},
                              "optimizer.lr": base_lr, "train.epochs": epochs})
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
-    schedule = EpochSchedule(optimizer, cfg["schedule"], epochs)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=base_lr)
+    schedule = Schedule(optimizer, cfg["schedule"], epochs, steps)
     out = []
     for epoch in range(epochs):
-        out.append(optimizer.param_groups[0]["lr"])
-        schedule.step(accs[epoch] if accs else 0.5)
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            parameter.grad = torch.zeros(1)
+            optimizer.step()
+            schedule.after_step()
+        schedule.after_epoch(accs[epoch] if accs else 0.5)
     return out
 
 
@@ -150,3 +156,49 @@ def test_eval_views_change_the_scoring_and_never_the_training_draws():
         assert [m["train_loss"] for m in seen[name]] == [m["train_loss"] for m in seen["none"]]
         assert seen[name][-1]["val_loss"] != seen["none"][-1]["val_loss"]
         assert 0.0 <= seen[name][-1]["val_acc"] <= 1.0
+
+
+def test_per_step_schedules_move_the_lr_every_batch():
+    # Linear warmup over 2 epochs of 5 steps: ten increments of 0.1, then a cosine that falls every step.
+    warm = lrs({"name": "cosine", "warmup_epochs": 2, "interval": "step"}, 6, steps=5)
+    assert warm[:10] == pytest.approx([(t + 1) / 10 for t in range(10)])
+    assert all(a > b for a, b in zip(warm[10:], warm[11:], strict=False)) and warm[-1] < 0.02
+    # At whole epochs past the warmup the per-step cosine is the per-epoch one.
+    per_epoch = lrs({"name": "cosine", "warmup_epochs": 2}, 6)
+    assert [warm[5 * e] for e in range(2, 6)] == pytest.approx(per_epoch[2:])
+    # Step schedules change at the exact batch where the fraction of the run is crossed.
+    steps = lrs({"name": "step_fraction", "fractions": [0.5], "interval": "step"}, 2, steps=3)
+    assert steps == pytest.approx([1, 1, 1, .2, .2, .2])
+
+
+def test_onecycle_rises_over_the_warmup_then_anneals_per_step():
+    got = lrs({"name": "onecycle", "warmup_epochs": 1, "interval": "step"}, 4, base_lr=0.4, steps=10)
+    peak = max(range(len(got)), key=got.__getitem__)
+    assert got[0] == pytest.approx(0.4 / 25) and 9 <= peak <= 10 and got[peak] == pytest.approx(0.4, rel=1e-3)
+    assert all(a < b for a, b in zip(got[:peak], got[1:peak + 1], strict=False))
+    assert all(a > b for a, b in zip(got[peak:], got[peak + 1:], strict=False)) and got[-1] < 0.4 / 100
+    assert lrs({"name": "onecycle", "max_lr": 2.0}, 10)[3] == pytest.approx(2.0, rel=0.05)  # per epoch: 30 % rise
+
+
+def test_fit_steps_a_per_step_schedule_inside_the_epoch():
+    cfg = tiny(**{"train.epochs": 2, "schedule.name": "cosine", "schedule.warmup_epochs": 1,
+                  "schedule.interval": "step", "optimizer.lr": 0.01})
+    train_split, val_split, classes = splits(cfg)
+    seen = []
+    train.fit(cfg, train_split, val_split, classes, lambda m, state: seen.append((m, state())))
+    steps = len(train_split) // cfg["train"]["batch_size"]
+    assert seen[0][0]["lr"] == pytest.approx(0.01 / steps)  # the first step's lr: 1/steps of the warmup
+    assert seen[1][0]["lr"] == pytest.approx(0.01)  # warmup done after one epoch of steps
+    assert seen[1][1]["scheduler"]["last_epoch"] == 2 * steps  # stepped per batch, not per epoch
+
+
+def test_sam_with_a_schedule_raises_no_scheduler_order_warning(recwarn):
+    """torch warns "lr_scheduler.step() before optimizer.step()" when the optimizer it watches never
+    steps; SAM's step must be the one that runs (pyproject turns that warning into an error everywhere)."""
+    for interval in ("epoch", "step"):
+        cfg = tiny(**{"optimizer.name": "sgd", "optimizer.sam_rho": 0.05, "train.epochs": 2,
+                      "schedule.name": "cosine", "schedule.interval": interval, "data.path": "synthetic:200"})
+        train_split, val_split, classes = splits(cfg)
+        result = train.fit(cfg, train_split, val_split, classes)
+        assert result.metrics["epoch"] == 2
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

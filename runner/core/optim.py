@@ -1,7 +1,9 @@
 """Optimizers by name, and the SAM wrapper of davda54/sam.
 
 Reads the `optimizer` group of a resolved trial config; writes nothing. `build_optimizer` is the only
-entry point the training core uses.
+entry point the training core uses. `fused=True` picks torch's fused kernels (sgd, adam, adamw): with
+a GradScaler they read its overflow flag on the device and skip the step there, where any other
+optimizer makes the scaler read the flag back to the host every step.
 """
 
 from __future__ import annotations
@@ -12,14 +14,30 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop")
+FUSED = ("sgd", "adam", "adamw")  # the ones with fused kernels that take a GradScaler's flags
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[nn.Parameter], cfg: dict, *, fused: bool = False) -> torch.optim.Optimizer:
     """The optimizer named in `cfg["name"]`, wrapped in SAM when `cfg["sam_rho"] > 0`."""
     base_class, kwargs = _base_optimizer(cfg)
+    if fused:  # the schema allows fp16 (the one caller) only with a FUSED optimizer and no SAM
+        kwargs["fused"] = True
     if cfg["sam_rho"] > 0:
         return SAM(params, base_class, rho=cfg["sam_rho"], adaptive=cfg["sam_adaptive"], **kwargs)
-    return base_class(params, **kwargs)
+    optimizer = base_class(params, **kwargs)
+    if fused and cfg["name"] == "sgd" and cfg["momentum"] > 0:
+        _zero_momentum(optimizer)
+    return optimizer
+
+
+def _zero_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Start fused SGD's momentum at zero. Its first step makes the buffers with torch.empty_like and
+    relies on the kernel to fill them; when the GradScaler skips that step (an fp16 overflow, usual at
+    the initial scale) they stay uninitialised memory and the next step applies it (seen as a 1e36
+    update on torch 2.14). A zero buffer gives the same first update: 0 * momentum + gradient."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def _base_optimizer(cfg: dict) -> tuple[type[torch.optim.Optimizer], dict]:
@@ -43,7 +61,10 @@ class SAM(torch.optim.Optimizer):
 
     A step is two forward/backward passes: `first_step` climbs to w + e(w) within an L2 ball of
     radius rho (scaled per weight when `adaptive`, i.e. ASAM), `second_step` restores w and lets the
-    base optimizer step with the gradient taken at the perturbed point.
+    base optimizer step with the gradient taken at the perturbed point. `step(closure)` does all three
+    (the closure takes the second forward/backward), as davda54's does: it is SAM's own `step` that an
+    lr scheduler watches, so calling the two halves directly would make torch warn on every run that
+    the scheduler stepped before the optimizer.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], base_optimizer: type[torch.optim.Optimizer],
@@ -80,8 +101,17 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        raise RuntimeError("SAM needs two passes: call first_step() and second_step(), not step()")
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
+        """first_step, then `closure()` (the forward/backward at the perturbed weights), then second_step.
+        The first pass's gradients must be in `.grad` already."""
+        if closure is None:
+            raise RuntimeError("SAM needs two passes: call step(closure) with a closure that runs the second "
+                               "forward/backward, or first_step() and second_step()")
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            closure()
+        self.second_step()
 
     def _grad_norm(self) -> torch.Tensor:
         # One device for the norm: model parallelism may spread parameters over several.
