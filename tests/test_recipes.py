@@ -238,7 +238,7 @@ def test_sync_bn_is_a_no_op_for_one_worker_and_refused_for_cpu_ddp_workers():
     run = prepared(**{"train.sync_bn": True})
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in run.net.modules())
     with pytest.raises(spec.SpecError, match="train.sync_bn.*GPUs only"):
-        tiny(**{"train.sync_bn": True, "scaling.workers": 2})
+        tiny(**{"train.sync_bn": True, "scaling.workers": 2, "scaling.gpus_per_worker": 0})
 
 
 def _ddp_worker(rank: int, port: int, errors: dict) -> None:

@@ -29,8 +29,8 @@ from pydantic import (
 
 import models
 from runner.core.augment import MAX_TTA_VIEWS
-from runner.core.optim import OPTIMIZERS
-from runner.core.schedule import SCHEDULES
+from runner.core.optim import FUSED, OPTIMIZERS
+from runner.core.schedule import INTERVALS, SCHEDULES
 from runner.spec.messages import SpecError, spec_error
 
 __all__ = ["SpecError", "TrialConfig", "default_config", "validate"]
@@ -84,6 +84,7 @@ class Optimizer(Group):
     betas: Betas = [0.9, 0.999]
     sam_rho: float = Field(0.0, ge=0, description="0 = plain optimizer, > 0 = SAM around it")
     sam_adaptive: bool = False
+    clip_grad_norm: float = Field(0.0, ge=0, description="max L2 norm of the gradient per step; 0 = off")
 
 
 class Schedule(Group):
@@ -97,6 +98,7 @@ class Schedule(Group):
     factor: float = Field(0.2, gt=0, lt=1)
     cycle_epochs: int = Field(4, ge=2)
     max_lr: float | None = Field(None, gt=0)
+    interval: Literal[INTERVALS] = Field("epoch", description="the lr moves per epoch or per step (batch)")
 
 
 class Augment(Group):
@@ -108,6 +110,10 @@ class Augment(Group):
     contrast: float = Field(0.0, ge=0, le=1)
     saturation: float = Field(0.0, ge=0, le=1)
     cutout: int = Field(0, ge=0, le=32, description="side of the square, pixels; 0 = off")
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp: lambda ~ Beta(a, a) per sample; 0 = off")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix: box area ~ Beta(a, a) per sample; 0 = off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="chance a sample is mixed, when an alpha > 0")
+    mix_switch_prob: float = Field(0.5, ge=0, le=1, description="CutMix instead of MixUp, when both are on")
 
 
 class Train(Group):
@@ -117,7 +123,9 @@ class Train(Group):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     compile: bool = False
     channels_last: bool = True
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="fp16: with a GradScaler")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights (evaluated, saved); 0 = off")
+    sync_bn: bool = Field(False, description="SyncBatchNorm across DDP workers (GPU workers only)")
 
 
 class Budget(Group):
@@ -214,3 +222,19 @@ def _check_cross_fields(cfg: dict, file: str, row: str | None) -> None:
     if cfg["schedule"]["name"] == "milestones" and not cfg["schedule"]["milestones"]:
         raise SpecError(file, "schedule `milestones` needs a list, e.g. [43, 45, 47]", row=row,
                         field="schedule.milestones")
+    _check_recipes(cfg, file, row)
+
+
+def _check_recipes(cfg: dict, file: str, row: str | None) -> None:
+    """The training recipes that cannot run in some combination, refused before anything is spent."""
+    optimizer, train = cfg["optimizer"], cfg["train"]
+    if train["precision"] == "fp16" and (optimizer["name"] not in FUSED or optimizer["sam_rho"] > 0):
+        raise SpecError(file, f"fp16 needs optimizer.name {' | '.join(FUSED)} without SAM (their fused kernels "
+                              "skip an overflowing step on the device; others would read the overflow flag back to "
+                              "the host every step); use bf16 or fp32 here", row=row, field="train.precision")
+    if cfg["schedule"]["name"] == "plateau" and cfg["schedule"]["interval"] == "step":
+        raise SpecError(file, "plateau reads the val accuracy once per epoch: use interval: epoch", row=row,
+                        field="schedule.interval")
+    if train["sync_bn"] and cfg["scaling"]["workers"] > 1 and cfg["scaling"]["gpus_per_worker"] == 0:
+        raise SpecError(file, "torch's SyncBatchNorm runs on GPUs only and these DDP workers have none; set "
+                              "train.sync_bn: false or give the workers GPUs", row=row, field="train.sync_bn")
