@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="*", help="spec files (with --diff, default: experiments/*.yaml)")
     p.add_argument("--diff", nargs=2, metavar=("FROM", "TO"),
                    help="print what trial TO changes from trial FROM (NAME or SPEC#NAME), e.g. --diff E9 E11")
+    p.add_argument("--cluster-gpus", type=float, metavar="N",
+                   help="estimate the grid's wall time and GPU-hours on N GPUs from earlier runs in MLflow")
+    p.add_argument("--cluster-cpus", type=float, metavar="N", help="with --cluster-gpus: CPUs too (default: enough)")
     _spec_overrides(p)
     p.set_defaults(handler=_check)
 
@@ -263,9 +266,29 @@ def _check(args: argparse.Namespace) -> int:
             rows.append((trial.name, model, f"{verdict.params:,}", f"{classes}{source}", within,
                          f"{s['workers']}x(cpu {s['cpus_per_worker']:g}, gpu {_amount(s['gpus_per_worker'])})",
                          str(cfg["train"]["epochs"])))
-        print(report.text_table(("trial", "model", "params", "classes", "in budget", "workers", "epochs"), rows),
-              end="")
+        header = ("trial", "model", "params", "classes", "in budget", "workers", "epochs")
+        if args.cluster_gpus is not None:
+            header, rows = _with_estimate(loaded, header, rows, args.cluster_gpus, args.cluster_cpus)
+        print(report.text_table(header, rows), end="")
     return 0
+
+
+def _with_estimate(loaded: object, header: tuple, rows: list, gpus: float, cpus: float | None) -> tuple:
+    """`runner check --cluster-gpus N`: each trial's estimated time, then the grid's, from earlier runs."""
+    from runner.tracking import estimate
+
+    found = estimate.estimate(loaded.trials, gpus, cpus if cpus is not None else float("inf"))
+    rows = [(*row, _hours(found.seconds[trial.name])) for row, trial in zip(rows, loaded.trials, strict=True)]
+    total = ("no grid estimate" if found.wall_s is None else
+             f"grid on {gpus:g} GPUs: wall {_hours(found.wall_s)}, {found.gpu_hours:.2f} GPU-hours")
+    print(f"{total} ({'; '.join(found.notes)})")
+    return (*header, "est. time"), rows
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -52,17 +52,17 @@ class Planned:
     need: TrialNeed
     images: int  # epochs x training images
     images_per_s_per_worker: float  # measured on an earlier run of the same model family
+    start_s: float = 0.0  # start-up before the first epoch (workers, data), also measured
 
     @property
     def seconds(self) -> float:
-        return self.images / (self.images_per_s_per_worker * self.need.workers)
+        return self.start_s + self.images / (self.images_per_s_per_worker * self.need.workers)
 
 
-def estimate_grid(trials: Sequence[Planned], cluster_gpus: float, cluster_cpus: float = float("inf"),
-                  start_s: float = 0.0) -> tuple[float, float]:
+def estimate_grid(trials: Sequence[Planned], cluster_gpus: float,
+                  cluster_cpus: float = float("inf")) -> tuple[float, float]:
     """(wall seconds, GPU-hours) of running `trials` in order on a cluster of `cluster_gpus` GPUs: each
-    trial starts as soon as enough GPUs (and CPUs) are free, as Tune's FIFO scheduler starts them;
-    `start_s` is a fixed start-up cost added to every trial."""
+    trial starts as soon as enough GPUs (and CPUs) are free, as Tune's FIFO scheduler starts them."""
     free_gpus, free_cpus, now, wall = cluster_gpus, cluster_cpus, 0.0, 0.0
     running: list[tuple[float, int]] = []  # (end time, index) of trials holding resources
     gpu_hours = 0.0
@@ -75,7 +75,7 @@ def estimate_grid(trials: Sequence[Planned], cluster_gpus: float, cluster_cpus: 
             now, done = heapq.heappop(running)
             free_gpus += trials[done].need.gpus
             free_cpus += trials[done].need.cpus
-        seconds = start_s + trial.seconds
+        seconds = trial.seconds
         heapq.heappush(running, (now + seconds, index))
         free_gpus -= need.gpus
         free_cpus -= need.cpus
