@@ -152,7 +152,7 @@ class Eval(Group):
 
 
 class Checkpoint(Group):
-    keep: int = Field(2, ge=1, description="best N by val accuracy")
+    keep: int = Field(2, ge=1, description="best N by val accuracy are kept, plus the latest")
 
 
 def _family_check(self: Group) -> Group:
