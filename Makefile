@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tune_overhead.py
 	$(BIN)/python bench/gpu.py --quick
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/logged_model_cost.py
 
 # MLflow UI on loopback only; on a cluster, port-forward it (see docs/cluster.md).
 ui: $(STAMP)

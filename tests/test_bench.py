@@ -71,3 +71,10 @@ def test_checkpoint_upload_bench_uploads_to_its_own_s3_endpoint():
     lines = run_bench("checkpoint_upload.py", "--epochs", "2", timeout=110)  # --quick: the direct side, no Ray
     assert lines[-1].startswith("ratio direct upload / stand-in epoch")
     assert any(line.startswith("direct upload:") and "MiB/s" in line for line in lines)
+
+
+@pytest.mark.timeout(180)
+def test_logged_model_cost_bench_compares_before_and_now_against_a_real_server():
+    lines = run_bench("logged_model_cost.py", timeout=170)
+    assert lines[-1].startswith("ratio now / before: time ")
+    assert any(line.startswith("now: checkpoint less optimizer state + logged model") for line in lines)

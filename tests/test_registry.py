@@ -96,7 +96,8 @@ def test_alias_does_not_move_to_a_worse_model(grid: dict, env_uri: str) -> None:
     assert str(holder.version) == grid["first"].version
 
 
-def test_every_trial_is_a_logged_model_linked_to_its_run_metrics_and_data_set(grid: dict, env_uri: str) -> None:
+def test_every_trial_is_a_logged_model_linked_to_its_run_metrics_and_data_set(grid: dict, env_uri: str,
+                                                                             tmp_path: Path) -> None:
     client = MlflowClient(env_uri)
     meta = data.read_meta(DATA)
     for name, run_id in grid["runs"].items():
@@ -112,6 +113,9 @@ def test_every_trial_is_a_logged_model_linked_to_its_run_metrics_and_data_set(gr
         assert json.loads(data_input.dataset.profile)["classes"] == len(meta.classes)
         assert run.data.metrics["cost.cpu_hours"] > 0 and run.data.metrics["cost.gpu_hours"] == 0
         assert run.data.metrics["throughput.images_per_s_per_worker"] == 100.0
+    kept = checkpoint.load(MlflowClient(env_uri).download_artifacts(grid["runs"]["good"], "checkpoint/state.pt",
+                                                                     str(tmp_path)))
+    assert "model" in kept and "optimizer" not in kept  # training state stays in Ray's storage
     parent = queries.latest_parent(client, "m1")[1]
     trials = [client.get_run(r).data.metrics["cost.cpu_hours"] for r in grid["runs"].values()]
     assert parent.data.metrics["cost.cpu_hours"] == pytest.approx(sum(trials))

@@ -20,6 +20,10 @@ import torch
 from runner.files import atomic_path
 
 FILE = "state.pt"
+# What predicting needs of a checkpoint: no optimizer or scheduler state (half the bytes of a WRN's), which
+# only resuming uses, and resuming reads the full checkpoint from Ray's storage.
+FOR_INFERENCE = ("model", "classes", "mean", "std", "image_shape", "config", "epoch", "best_val_acc", "metrics",
+                 "val_confusion", "params", "within_budget")
 
 
 class CheckpointError(ValueError):
@@ -52,6 +56,11 @@ def save(state: dict, directory: str | os.PathLike) -> Path:
     with atomic_path(final) as temp:
         torch.save(state, temp)
     return final
+
+
+def for_inference(state: dict) -> dict:
+    """The checkpoint less its training state: what the registered model and the MLflow run keep."""
+    return {k: state[k] for k in FOR_INFERENCE if k in state}
 
 
 def build_model(state: dict) -> torch.nn.Module:

@@ -48,9 +48,6 @@ _LOADER = ("# Run by MLflow when the model is loaded: builds the classifier (not
            "from mlflow.models import set_model\n\n"
            "from runner.tracking.pyfunc import ImageClassifier\n\n"
            "set_model(ImageClassifier())\n")
-# What a model keeps of a training checkpoint: enough to predict, nothing to resume (no optimizer state).
-KEPT = ("model", "classes", "mean", "std", "image_shape", "config", "epoch", "metrics", "params",
-        "within_budget")
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -98,7 +95,7 @@ def save(state: Mapping[str, Any], path: str | Path, *, run_id: str | None = Non
     """Write the MLflow model folder for a checkpoint dict at `path` (must not exist yet)."""
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="runner-model-") as tmp:
-        weights = checkpoint.save({k: state[k] for k in KEPT if k in state}, Path(tmp) / "weights")
+        weights = checkpoint.save(checkpoint.for_inference(state), Path(tmp) / "weights")
         loader = Path(tmp) / "loader.py"
         loader.write_text(_LOADER)
         meta = {"classes": list(state["classes"]), "mean": list(state["mean"]), "std": list(state["std"]),

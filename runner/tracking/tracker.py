@@ -3,7 +3,7 @@
 One experiment per spec name; one parent run per `runner run` invocation; one child run per trial
 (`mlflow.parentRunId`), named after its row, with the resolved config as dotted params (secrets masked),
 per-epoch metrics at `step=epoch`, artifacts `config/resolved.yaml`, `plots/{curves,confusion}.png`,
-`checkpoint/state.pt`, its data set as a run input, its best checkpoint as a logged model
+`checkpoint/state.pt` (less its optimizer state), its data set as a run input, its best checkpoint as a logged model
 (`runner.tracking.pyfunc`) and its cost (`runner.cost`); the parent gets `results/results.{csv,md}`
 and the summed cost. Writes go through the
 `WriteQueue`. Runs are never left RUNNING: `close(status)`, `install_signal_handlers`, and
@@ -228,7 +228,8 @@ class Tracker:
                 if key in state:
                     tags[key] = str(state[key]).lower() if key == "within_budget" else str(state[key])
                     row[key] = state[key]
-            self._log_file(run_id, "state.pt", "checkpoint", source=checkpoint_state.checkpoint_file(checkpoint))
+            slim = checkpoint_state.save(checkpoint_state.for_inference(state), self._staging / run_id / "slim")
+            self._log_file(run_id, "state.pt", "checkpoint", source=slim)  # training state stays in Ray's storage
             if state.get("val_confusion") is not None:
                 png = self._staging / run_id / "confusion.png"
                 report.plot_confusion(state["val_confusion"], state.get("classes") or [], png)
