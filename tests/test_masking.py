@@ -93,7 +93,8 @@ def test_params_tags_resolved_config_and_data_set_input_are_masked(tracking_uri:
 
 def test_outage_warning_names_the_server_without_its_password(mlflow_server, tmp_path: Path,  # noqa: ANN001
                                                                monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               capfd: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     password = urllib.parse.quote(SECRET, safe="")  # HTTP clients want "/" and "+" percent-encoded
@@ -112,3 +113,4 @@ def test_outage_warning_names_the_server_without_its_password(mlflow_server, tmp
     lines = [r.getMessage() for r in caplog.records]
     assert any("unreachable" in line and "http://***@127.0.0.1" in line for line in lines)
     assert not [line for line in lines if SECRET in line or password in line]
+    assert "View run" not in capfd.readouterr().out  # MLflow's own unredacted stdout line on run end, off

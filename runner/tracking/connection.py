@@ -48,6 +48,9 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
         # then need a route to the store (a MinIO inside the cluster: none) and, on a refused URL, retried for
         # minutes. Through the server instead, which holds the credentials and the route.
         os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+        # Ending a run would otherwise fetch it again and print "View run ... at: <server URL>" to stdout,
+        # outside logging (so unredacted): one extra request and two lines of noise per trial.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         try:
             # without user:password@ (urllib would take it for part of the host; reachability needs no login)
             probe = without_credentials(uri).rstrip("/") + "/health"
@@ -56,7 +59,7 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
         except urllib.error.HTTPError:
             pass  # it answered (e.g. 401 behind auth): reachable
         except OSError as exc:
-            raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({exc}). Start it "
+            raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(exc))}). Start it "
                                 "(`make ui`, or `mlflow server --host 127.0.0.1 --port ...`) or point "
                                 "MLFLOW_TRACKING_URI at a running one.") from exc
     elif uri.startswith("sqlite:///"):

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from runner.masking import redact
 from runner.tracking.connection import TrackingError, is_transient
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class WriteQueue:
             except Exception as exc:
                 if not is_transient(exc):
                     self.pending.popleft()
-                    raise TrackingError(f"MLflow at {self.uri} refused {what}: {exc}") from exc
+                    raise TrackingError(f"MLflow at {self.uri} refused {what}: {redact(str(exc))}") from exc
                 self._note_failure(exc)
                 return False
             self.pending.popleft()
@@ -65,7 +66,7 @@ class WriteQueue:
                 return fn()
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() > deadline:
-                    raise TrackingError(f"MLflow at {self.uri}: {what} failed: {exc}") from exc
+                    raise TrackingError(f"MLflow at {self.uri}: {what} failed: {redact(str(exc))}") from exc
                 self._note_failure(exc)
                 time.sleep(max(0.0, self._retry_at - time.monotonic()))
 
@@ -83,7 +84,7 @@ class WriteQueue:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("MLflow at %s unreachable (%s); buffering writes and retrying", self.uri, exc)
+            log.warning("MLflow at %s unreachable (%s); buffering writes and retrying", self.uri, redact(str(exc)))
         self.last_error = exc
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, 15.0)

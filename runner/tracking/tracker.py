@@ -65,7 +65,8 @@ class Tracker:
         try:
             self.experiment_id = ensure_experiment(self.client, experiment_name)
         except Exception as exc:
-            raise TrackingError(f"MLflow at {self.uri}: cannot open experiment {experiment_name!r}: {exc}") from exc
+            raise TrackingError(f"MLflow at {self.uri}: cannot open experiment {experiment_name!r}: "
+                                f"{redact(str(exc))}") from exc
         self.experiment_name = experiment_name
         self.parent_run_id: str | None = None
         self.invocation_id: str | None = None
@@ -308,8 +309,9 @@ class Tracker:
             raise TrackingError(
                 f"{left} MLflow writes (params/metrics/artifacts/run ends) could not be delivered to "
                 f"{self.uri} within {self.outage_timeout_s if timeout_s is None else timeout_s:.0f}s "
-                f"(last error: {self._queue.last_error}). The runs in experiment {self.experiment_name!r} are "
-                "incomplete; once the server is back, `runner mlflow reconcile` ends runs left RUNNING.")
+                f"(last error: {redact(str(self._queue.last_error))}). The runs in experiment "
+                f"{self.experiment_name!r} are incomplete; once the server is back, `runner mlflow reconcile` "
+                "ends runs left RUNNING.")
 
     def __enter__(self) -> Tracker:
         return self
