@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"runner {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = commands.add_parser("models", help="every architecture preset with its real parameter count")
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-gpus", type=float, metavar="N",
                    help="estimate the grid's wall time and GPU-hours on N GPUs from earlier runs in MLflow")
     p.add_argument("--cluster-cpus", type=float, metavar="N", help="with --cluster-gpus: CPUs too (default: enough)")
+    p.add_argument("--json", action="store_true", help="print the checked specs as JSON (for scripts)")
     _spec_overrides(p)
     p.set_defaults(handler=_check)
 
@@ -136,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("report", help="the report's table with the replayed figures beside it")
     p.add_argument("spec_name")
-    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--format", choices=["md", "csv", "json"], default="md",
+                   help="json: the trials' raw rows (numbers as numbers), for scripts")
     p.add_argument("--out")
     p.set_defaults(handler=_report)
 
@@ -147,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("spec_name", nargs="?")
     rec.set_defaults(handler=_reconcile)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (pyproject.toml's), or "unknown" from a bare checkout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cifar-runner")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _spec_overrides(p: argparse.ArgumentParser) -> None:
@@ -240,36 +253,33 @@ def _train_flags(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """`runner check`: validate, resolve and print each spec's trials with real parameter counts."""
-    from runner import data, report, spec
-    from runner.core import budget
+    """`runner check`: validate, resolve and print each spec's trials (or search space and first samples)
+    with real parameter counts; `--json` prints the same as JSON."""
+    from runner import report, spec
+    from runner.spec.check import check_spec
 
     if args.diff:  # `--diff FROM TO`: what trial TO changes from FROM, as the report's sentence
         print("\n".join(spec.diff.describe(*args.diff, args.specs, spec_overrides(args))))
         return 0
     if not args.specs:
         raise ValueError("runner check: name at least one spec file, e.g. runner check experiments/*.yaml")
+    checked = []
     for path in args.specs:
         loaded = spec.load_spec(path, spec_overrides(args))
-        print(f"\n{path}: spec {loaded.name!r}, {len(loaded.trials)} trial(s)")
-        rows = []
-        for trial in loaded.trials:
-            cfg = trial.config
-            classes, source = data.class_count(cfg["data"])
-            verdict = budget.check(cfg["model"], classes, cfg["budget"]["max_params"])
-            within = "yes" if verdict.within else f"NO ({cfg['budget']['mode']})"
-            if not verdict.within and cfg["budget"]["mode"] == "enforce":
-                raise budget.BudgetError(f"{path}: row {trial.name!r}: field model: {verdict.message()}; "
-                                         "set budget.mode: flag to train it anyway (never registered)")
-            model = " ".join(f"{k}={v}" for k, v in cfg["model"].items())
-            s = cfg["scaling"]
-            rows.append((trial.name, model, f"{verdict.params:,}", f"{classes}{source}", within,
-                         f"{s['workers']}x(cpu {s['cpus_per_worker']:g}, gpu {_amount(s['gpus_per_worker'])})",
-                         str(cfg["train"]["epochs"])))
-        header = ("trial", "model", "params", "classes", "in budget", "workers", "epochs")
+        checked.append(check_spec(loaded))
+        if args.json:
+            continue
+        kind = ", a search" if loaded.search else ""
+        print(f"\n{path}: spec {loaded.name!r}, {len(loaded.trials)} trial(s){kind}")
+        header, rows = report.check_table(checked[-1])
         if args.cluster_gpus is not None:
             header, rows = _with_estimate(loaded, header, rows, args.cluster_gpus, args.cluster_cpus)
-        print(report.text_table(header, rows), end="")
+        if rows:
+            print(report.text_table(header, rows), end="")
+        if loaded.search:
+            print(report.search_text(checked[-1]["search"]), end="")
+    if args.json:
+        print(report.to_json(checked), end="")
     return 0
 
 
@@ -295,10 +305,6 @@ def _schema(args: argparse.Namespace) -> int:
     from runner.spec import export
 
     return 0 if sys.stdout.write(export.schema_text()) else 1
-
-
-def _amount(value: float | str) -> str:
-    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -345,8 +351,12 @@ def _report(args: argparse.Namespace) -> int:
     from runner import files, report
     from runner.tracking import queries
 
-    table = report.results_table(queries.fetch_trial_rows(args.spec_name))
-    text = report.to_markdown(table) if args.format == "md" else report.to_csv_text(table)
+    rows = queries.fetch_trial_rows(args.spec_name)
+    if args.format == "json":
+        text = report.to_json({"spec": args.spec_name, "trials": rows})
+    else:
+        table = report.results_table(rows)
+        text = report.to_markdown(table) if args.format == "md" else report.to_csv_text(table)
     if args.out:
         files.atomic_write_text(args.out, text)
         print(f"wrote {args.out}")

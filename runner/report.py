@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -135,6 +136,51 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = [header, ["-" * w for w in widths], *rows]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines) + "\n"
+
+
+def to_json(value: Any) -> str:
+    """Rows (or `runner check`'s report) as JSON for scripts: NaN/inf become null, other types their str."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=2, default=str) + "\n"
+
+
+def check_table(checked: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple]]:
+    """`runner check`'s table of a spec's trials (from runner/spec/check.py's report)."""
+    rows = []
+    for t in checked["trials"]:
+        s = t["scaling"]
+        within = "yes" if t["within_budget"] else f"NO ({t['budget_mode']})"
+        classes = f"{t['classes']}" + ("" if t["classes_source"] == "meta.json" else f" ({t['classes_source']})")
+        gpus = s["gpus_per_worker"] if isinstance(s["gpus_per_worker"], str) else f"{s['gpus_per_worker']:g}"
+        rows.append((t["name"], " ".join(f"{k}={v}" for k, v in t["model"].items()), f"{t['params']:,}", classes,
+                     within, f"{s['workers']}x(cpu {s['cpus_per_worker']:g}, gpu {gpus})", str(t["epochs"])))
+    return ("trial", "model", "params", "classes", "in budget", "workers", "epochs"), rows
+
+
+def search_text(search: Mapping[str, Any]) -> str:
+    """`runner check`'s view of a search: the space, then the first samples with their verdicts."""
+    space = [(d["key"], f"{d['kind']}({', '.join(map(repr, d['args']))})") for d in search["space"]]
+    first = [(s["name"], ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in s["values"].items()),
+              "" if s["params"] is None else f"{s['params']:,}", s["status"]) for s in search["samples"]]
+    source = "" if search["classes_source"] == "meta.json" else f" ({search['classes_source']})"
+    return (f"search: {search['algorithm']}, {search['num_samples']} samples, seed {search['seed']}, scheduler "
+            f"{search['scheduler']}, {search['metric']} ({search['mode']}); {search['classes']} classes{source}\n"
+            + text_table(("key", "distribution"), space)
+            + f"first {len(first)} samples (the random sampler's draws for seed {search['seed']}"
+            + ("; optuna starts from its own random draws" if search["algorithm"] == "optuna" else "") + "):\n"
+            + text_table(("sample", "values", "params", "status"), first))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def format_epoch(metrics: Mapping[str, Any], epochs: int) -> str:

@@ -7,15 +7,16 @@ It checks what JSON Schema can express: keys, types, ranges, choices. What it ca
 of 6n+4, increasing milestones, row names that exist) `runner check` still reports.
 
 The file shape it describes: `name`, `description`, `base` (a partial trial config), `runs` (rows:
-`name`, `extends`, `reported` plus config), `grid` (dotted keys or groups -> lists of values) and
-`reported` (figures matched to grid points). Config keys may be nested (`optimizer: {lr: 0.1}`) or
-dotted (`optimizer.lr: 0.1`), as the loader accepts both.
+`name`, `extends`, `reported` plus config), `grid` (dotted keys or groups -> lists of values),
+`reported` (figures matched to grid points) and `search` (distributions over dotted keys). Config keys
+may be nested (`optimizer: {lr: 0.1}`) or dotted (`optimizer.lr: 0.1`), as the loader accepts both.
 """
 
 from __future__ import annotations
 
 import json
 
+from runner.spec import search
 from runner.spec.schema import MODEL_CLASSES, TrialConfig
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -52,6 +53,7 @@ def spec_json_schema() -> dict:
             "reported": {"type": "array", "items": {
                 "type": "object", "required": ["where"], "additionalProperties": FIGURE,
                 "properties": {"where": {"type": "object", "description": "dotted keys of the grid point"}}}},
+            "search": _search(),
         },
         "$defs": defs,
     }
@@ -60,6 +62,27 @@ def spec_json_schema() -> dict:
 def schema_text() -> str:
     """The schema as the committed file holds it (stable key order, trailing newline)."""
     return json.dumps(spec_json_schema(), indent=2) + "\n"
+
+
+def _search() -> dict:
+    """The `search:` block (runner/spec/search.py): its keys, and one distribution per dotted key."""
+    number = {"type": "number"}
+    pair = {"type": "array", "items": number, "minItems": 2, "maxItems": 2}
+    kinds = {"choice": {"type": "array", "minItems": 1}, "uniform": pair, "loguniform": pair,
+             "randint": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+             "quniform": {"type": "array", "items": number, "minItems": 3, "maxItems": 3}}
+    distribution = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                    "properties": kinds}
+    return {"type": "object", "required": ["space"], "additionalProperties": False,
+            "description": "sample trials from distributions over dotted config keys instead of runs/grid",
+            "properties": {
+                "algorithm": {"enum": list(search.ALGORITHMS)},
+                "num_samples": {"type": "integer", "minimum": 1, "description": "configurations drawn"},
+                "seed": {"type": "integer", "minimum": 0},
+                "scheduler": {"enum": list(search.SCHEDULERS)},
+                "metric": {"type": "string"},
+                "mode": {"enum": list(search.MODES)},
+                "space": {"type": "object", "minProperties": 1, "additionalProperties": distribution}}}
 
 
 def _model_args(defs: dict) -> dict:

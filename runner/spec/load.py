@@ -23,10 +23,11 @@ from typing import Any
 import yaml
 
 from runner import keys
+from runner.spec import search as search_block
 from runner.spec.rows import Chains, base_for, check_reported, flatten
 from runner.spec.schema import SpecError, validate
 
-SPEC_KEYS = {"name", "description", "base", "grid", "runs", "reported"}
+SPEC_KEYS = {"name", "description", "base", "grid", "runs", "reported", "search"}
 
 
 @dataclass(frozen=True)
@@ -43,19 +44,48 @@ class Spec:
     path: str
     sha256: str
     description: str
-    trials: list[Trial]
+    trials: list[Trial]  # a search spec has none: its trials are drawn at run time (`search`)
+    search: search_block.Search | None = None
 
 
 def load_spec(path: str, overrides: Iterable[str] = ()) -> Spec:
-    """Read, validate and resolve a spec file; `overrides` are `dotted.key=value` strings (CLI `--set`)."""
+    """Read, validate and resolve a spec file; `overrides` are `dotted.key=value` strings (CLI `--set`);
+    `search.KEY=VALUE` ones set the search block's own keys (e.g. search.num_samples=8)."""
     raw, text = read_raw(path)
-    cli = {}
+    cli, search_cli = {}, {}
     for item in overrides:
         key, value = parse_override(item, path)
-        cli[key] = value
-    trials = resolve(raw, path, cli)
+        if key.startswith("search."):
+            search_cli[key.removeprefix("search.")] = value
+        else:
+            cli[key] = value
+    found = None
+    if "search" in raw:
+        found, trials = resolve_search(raw, path, cli, search_cli), []
+    elif search_cli:
+        raise SpecError(path, "this spec has no `search:` block to set", field=f"search.{next(iter(search_cli))}")
+    else:
+        trials = resolve(raw, path, cli)
     return Spec(name=raw["name"], path=path, sha256=hashlib.sha256(text).hexdigest(),
-                description=str(raw.get("description", "")), trials=trials)
+                description=str(raw.get("description", "")), trials=trials, search=found)
+
+
+def resolve_search(raw: dict, file: str, cli: dict, search_cli: dict) -> search_block.Search:
+    """The `search:` block over the spec's `base` (no `runs:` or `grid:` beside it): each sample is a row
+    `base + sample + --set`, validated as any grid row is."""
+    mixed = sorted({"runs", "grid"} & set(raw))
+    if mixed:
+        raise SpecError(file, f"`search:` samples its own trials; drop `{mixed[0]}:` (or split the spec in two)",
+                        field=mixed[0])
+    if not isinstance(raw.get("base") or {}, dict):
+        raise SpecError(file, "`base:` must be a mapping of config groups", field="base")
+    base = flatten(raw.get("base") or {}, file, "base")
+
+    def one(sample: dict, name: str) -> dict:
+        changes = {**sample, **cli}
+        return _validated({**base_for(base, changes), **changes}, file, name, cli)
+
+    return search_block.parse(raw["search"], file, search_cli, one)
 
 
 def read_raw(path: str) -> tuple[dict, bytes]:
