@@ -34,7 +34,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
                          "runner.masking", "runner.files", "runner.report", "runner.cost", "runner.resources"}),
     "runner.local_train": (set(), {"runner.core", "runner.data", "runner.spec", "runner.keys", "runner.report"}),
     "runner.submission": ({"torch"}, {"runner.core", "runner.data", "runner.files", "runner.tracking"}),
-    "runner.tune": ({"ray", "pyarrow", "torch"},
+    "runner.tune": ({"ray", "pyarrow", "torch", "optuna"},
                     {"runner.tune", "runner.core", "runner.data", "runner.spec", "runner.tracking", "runner.resources",
                      "runner.report", "runner.files", "runner.keys", "runner.masking", "runner.submission",
                      "runner.storage"}),

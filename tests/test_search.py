@@ -6,7 +6,9 @@ Run: .venv/bin/pytest tests/test_search.py
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -159,3 +161,50 @@ def test_m5s_space_is_about_half_over_the_cap():
     over = sum(j.status.startswith("over budget") for j in judged) / len(judged)
     assert 0.3 < over < 0.7  # a search there without the gate would spend about half its GPU-hours over the cap
     assert all(j.status == "ok" or j.status.startswith("over budget") for j in judged)  # no invalid sample
+
+
+# ---------------------------------------------------------------- the budget gate (Tune's searcher API, no Ray started)
+
+HALF = BASE.replace("depth: 10, width: 1}", "depth: 16, width: 1}") + "  budget: {max_params: 3000000}\n"
+
+
+def drive(found: search.Search) -> tuple[list[bool], object, object]:
+    """Ask the gate for trials as Tune would and finish each at once; per draw, True = rejected. The
+    result (val_acc) depends on the lr only, so nothing but the rejections steers a sampler off wide nets."""
+    from runner.tune.search import BudgetGate, make_sampler
+
+    gate = BudgetGate(found, make_sampler(found), num_classes=10, stream=io.StringIO())
+    fates, i = [], 0
+    while True:
+        seen = len(gate.rejected)
+        out = gate.suggest(f"trial-{i}")
+        fates += [True] * (len(gate.rejected) - seen)
+        if not isinstance(out, dict):
+            return fates, gate, out
+        fates.append(False)
+        cfg = out["trial"]["config"]
+        gate.on_trial_complete(f"trial-{i}", {"val_acc": 0.9 - 0.3 * abs(math.log10(cfg["optimizer"]["lr"]) + 1)})
+        i += 1
+
+
+def test_the_gate_trains_only_in_budget_samples_and_optuna_learns_the_cap(tmp_path):
+    path = write(tmp_path, """\
+        search:
+          num_samples: 40
+          space:
+            model.width: {choice: [1, 2, 3, 4, 5, 6, 7, 8]}
+            optimizer.lr: {loguniform: [0.01, 0.4]}
+        """, HALF)  # widths 1-4 fit under 3M at depth 16, widths 5-8 do not: half the space is over the cap
+    late = {}
+    for algorithm in ("random", "optuna"):
+        late[algorithm] = 0
+        for seed in (0, 1, 2):
+            found = spec.load_spec(path, [f"search.algorithm={algorithm}", f"search.seed={seed}"]).search
+            fates, gate, last = drive(found)
+            assert last == "FINISHED" and len(fates) == gate.drawn == 40  # num_samples counts every draw
+            assert all(j.params <= 3_000_000 for j in gate.accepted)  # only these became (Tune) trials
+            assert all(j.params > 3_000_000 and j.status.startswith("over budget") for j in gate.rejected)
+            assert len(gate.rejected) == sum(fates)
+            late[algorithm] += sum(fates[20:])
+    assert late["random"] >= 20  # ~half of 60 late draws over the cap, as the space says
+    assert late["optuna"] < 0.7 * late["random"], late  # told the rejections, TPE samples there less
