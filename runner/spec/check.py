@@ -42,7 +42,7 @@ def _trial(path: str, name: str, cfg: dict) -> dict:
 
 def _search(found: search_block.Search, samples: int) -> dict:
     first = found.samples(min(samples, found.num_samples))
-    base = found.trial({}, "base")  # the spec's base + --set, which every sample extends
+    base = found.base()
     classes, source = data.class_count(base["data"])
     judged = [search_block.judge(found, s, search_block.sample_name(i + 1), classes) for i, s in enumerate(first)]
     return {

@@ -107,6 +107,15 @@ class Search:
         rng = random.Random(self.seed)
         return [self.sample(rng) for _ in range(n)]
 
+    def base(self) -> dict:
+        """The spec's base with `--set` applied, validated: what every sample extends."""
+        return self.resolve({}, "base")
+
+    def max_epochs(self) -> int:
+        """The most epochs a sample can train (ASHA's horizon)."""
+        varied = [d for d in self.space if d.key == "train.epochs"]
+        return max([self.base()["train"]["epochs"], *(v for d in varied for v in d.extremes())])
+
     def trial(self, sample: dict, name: str) -> dict:
         """The validated trial config of one sample: a SpecError names the file, the sample and the field."""
         return self.resolve(sample, name)
@@ -167,6 +176,9 @@ def _space(space: Any, file: str) -> list[Domain]:
 
 def _domain(key: str, spec: Any, file: str) -> Domain:
     where = f"search.space.{key}"
+    if key.startswith("scaling."):
+        raise SpecError(file, "a search cannot vary scaling: the resource check plans every trial on the base's; "
+                              "set it in base (or --set)", field=where)
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise SpecError(file, f"must be one distribution, {{KIND: ARGS}} with KIND one of {', '.join(KINDS)}, "
                               f"e.g. {{loguniform: [0.01, 0.4]}} (got {spec!r})", field=where)
