@@ -85,6 +85,7 @@ def test_a_sample_resolves_to_the_config_a_grid_row_with_its_values_gets(tmp_pat
     ("space: {schedule.warmup_epochs: {quniform: [0, 2]}}", "search.space.schedule.warmup_epochs", "3 numbers"),
     ("space: {}", "search.space", "must map dotted keys"),
     ("space: {scaling.workers: {choice: [1, 2]}}", "search.space.scaling.workers", "cannot vary scaling"),
+    ("space: {train.epochs: {choice: [1, 2]}}", "search.space.train.epochs", "scheduler: asha"),
     ("{algorithm: grid, space: {model.width: {choice: [1]}}}", "search.algorithm", "random, optuna"),
     ("{num_samples: 0, space: {model.width: {choice: [1]}}}", "search.num_samples", "integer >= 1"),
     ("{samples: 3, space: {model.width: {choice: [1]}}}", "search.samples", "unknown key"),

@@ -51,5 +51,5 @@ def _search(found: search_block.Search, samples: int) -> dict:
         "classes": classes, "classes_source": source.strip(" ()") or "meta.json",
         "space": [{"key": d.key, "kind": d.kind, "args": list(d.args)} for d in found.space],
         "samples": [{"name": j.name, "values": j.values, "params": j.params, "status": j.status,
-                     "model": None if j.config is None else j.config["model"]} for j in judged],
+                     "trains": j.trains, "model": None if j.config is None else j.config["model"]} for j in judged],
     }

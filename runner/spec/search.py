@@ -111,11 +111,6 @@ class Search:
         """The spec's base with `--set` applied, validated: what every sample extends."""
         return self.resolve({}, "base")
 
-    def max_epochs(self) -> int:
-        """The most epochs a sample can train (ASHA's horizon)."""
-        varied = [d for d in self.space if d.key == "train.epochs"]
-        return max([self.base()["train"]["epochs"], *(v for d in varied for v in d.extremes())])
-
     def trial(self, sample: dict, name: str) -> dict:
         """The validated trial config of one sample: a SpecError names the file, the sample and the field."""
         return self.resolve(sample, name)
@@ -179,6 +174,9 @@ def _domain(key: str, spec: Any, file: str) -> Domain:
     if key.startswith("scaling."):
         raise SpecError(file, "a search cannot vary scaling: the resource check plans every trial on the base's; "
                               "set it in base (or --set)", field=where)
+    if key == "train.epochs":
+        raise SpecError(file, "a search does not vary the training length: set train.epochs in base and let "
+                              "`scheduler: asha` stop weak trials early", field=where)
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise SpecError(file, f"must be one distribution, {{KIND: ARGS}} with KIND one of {', '.join(KINDS)}, "
                               f"e.g. {{loguniform: [0.01, 0.4]}} (got {spec!r})", field=where)
@@ -213,17 +211,14 @@ def _check_range(kind: str, args: list, file: str, where: str) -> None:
 
 @dataclass(frozen=True)
 class Judged:
-    """One sample's fate before anything is spent: trained (`config`), or rejected with `status`."""
+    """One sample's fate before anything is spent: trained, or rejected with `status`."""
 
     name: str
     values: dict
-    config: dict | None  # None: rejected
+    config: dict | None  # None: the sample is invalid
     params: int | None
-    status: str  # "ok", "over budget (N params)" or "invalid: ..."
-
-    @property
-    def trains(self) -> bool:
-        return self.config is not None
+    status: str  # "ok", "over budget (N params)", "over budget (flag: trained)" or "invalid: ..."
+    trains: bool
 
 
 def judge(search: Search, sample: dict, name: str, num_classes: int) -> Judged:
@@ -232,11 +227,12 @@ def judge(search: Search, sample: dict, name: str, num_classes: int) -> Judged:
     try:
         config = search.trial(sample, name)
     except SpecError as err:
-        return Judged(name, sample, None, None, f"invalid: {str(err).split(f'row {name!r}: ', 1)[-1]}")
+        return Judged(name, sample, None, None, f"invalid: {str(err).split(f'row {name!r}: ', 1)[-1]}", False)
     verdict = budget.check(config["model"], num_classes, config["budget"]["max_params"])
     if not verdict.within and config["budget"]["mode"] == "enforce":
-        return Judged(name, sample, None, verdict.params, f"over budget ({verdict.params:,} params)")
-    return Judged(name, sample, config, verdict.params, "ok" if verdict.within else "over budget (flag: trained)")
+        return Judged(name, sample, config, verdict.params, f"over budget ({verdict.params:,} params)", False)
+    return Judged(name, sample, config, verdict.params, "ok" if verdict.within else "over budget (flag: trained)",
+                  True)
 
 
 def sample_name(index: int) -> str:

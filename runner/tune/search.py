@@ -85,9 +85,11 @@ def tune_domain(domain: search_block.Domain) -> ray.tune.search.sample.Domain:
 class BudgetGate(Searcher):
     """Draws from `sampler` until a sample may train; rejected draws are told to the sampler at once."""
 
-    def __init__(self, found: search_block.Search, sampler: Searcher, num_classes: int, stream=sys.stdout) -> None:  # noqa: ANN001
+    def __init__(self, found: search_block.Search, sampler: Searcher, num_classes: int, *,
+                 budgets: dict[str, dict] | None = None, stream=sys.stdout) -> None:  # noqa: ANN001 - a text stream
         super().__init__(metric=found.metric, mode=found.mode)
         self.found, self.sampler, self.num_classes, self.stream = found, sampler, num_classes, stream
+        self.budgets = {} if budgets is None else budgets  # trial name -> its budget verdict, for the bridge
         self.drawn = 0
         self.rejected: list[search_block.Judged] = []
         self.accepted: list[search_block.Judged] = []
@@ -107,6 +109,7 @@ class BudgetGate(Searcher):
             if judged.trains:
                 self._draw_of[trial_id] = draw_id
                 self.accepted.append(judged)
+                self.budgets[judged.name] = {"params": judged.params, "within_budget": judged.status == "ok"}
                 return {"trial": {"name": judged.name, "config": judged.config, "sample": judged.values}}
             self.rejected.append(judged)
             print(f"[{judged.name}] {judged.status}: rejected, never trained", file=self.stream, flush=True)
@@ -143,3 +146,26 @@ class BudgetGate(Searcher):
             with open(inner, "wb") as fh:
                 fh.write(state["sampler"])
             self.sampler.restore(inner)
+
+
+def gate(found: search_block.Search, metas: dict, budgets: dict[str, dict]) -> BudgetGate:
+    """The gate of `runner run`: counts at the data set's class count; each sample it lets through gets its
+    budget verdict in `budgets` (the MLflow bridge tags the trial's run with it)."""
+    num_classes = metas[found.base()["data"]["path"]].num_classes
+    return BudgetGate(found, make_sampler(found), num_classes, budgets=budgets)
+
+
+def rows(gate: BudgetGate, bridge: object, grid: object, progress: object) -> list[dict]:
+    """The search's results rows, in draw order: every trained sample as the driver saw it (the MLflow
+    bridge's record), every rejected one with its reason, so the table accounts for all num_samples draws."""
+    values = {j.name: j.values for j in gate.accepted + gate.rejected}
+    seen = {row["trial"]: row for row in bridge.rows()}
+    seconds = {r.config["trial"]["name"]: (r.metrics or {}).get("time_total_s") for r in grid}
+    out = [{**row, "varied": values.get(name, {}), "start_s": progress.first_result_s.get(row.get("trial_id")),
+            "time_s": seconds.get(name)} for name, row in seen.items()]
+    for judged in gate.rejected:
+        model = judged.config["model"]["name"] if judged.config else judged.values.get("model.name", "")
+        out.append({"trial": judged.name, "status": judged.status, "model": model, "params": judged.params,
+                    "within_budget": False if judged.params is not None else None, "varied": judged.values,
+                    "epochs": None, "reported": {}})
+    return sorted(out, key=lambda row: row["trial"])
