@@ -27,6 +27,9 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
              storage: str | None, resume: str | None, num_cpus: float | None, register_as: str | None,
              submission: str | None, eval: dict | None) -> int:
     loaded = spec.load_spec(path, overrides)
+    if loaded.search is not None:  # the Tune side lands with the engine's trial paths (runner/tune/search.py)
+        raise spec.SpecError(path, "`runner run` of a `search:` spec is not wired yet; `runner check` shows its "
+                                   "space and first samples", field="search")
     storage = _storage(storage)
     verdicts, metas = _preflight(loaded, storage)
     experiment = _experiment_name(loaded.name, storage, resume)
