@@ -204,6 +204,19 @@ def mlflow_s3_server(s3_server: S3Server, tmp_path_factory: _pytest.TempPathFact
     server.stop()
 
 
+@_pytest.fixture(autouse=True)
+def _environment_restored() -> _Iterator[None]:
+    """Each test ends with the environment it began with. An in-process `runner.cli.main` sets process-wide
+    variables as the command should (e.g. `storage.share_endpoint` sets AWS_ENDPOINT_URL_S3, `connect` the
+    MLflow HTTP retries); without this they leaked into later tests (a bench's boto3 then went to another
+    test's S3 server)."""
+    saved = dict(_os.environ)
+    yield
+    if dict(_os.environ) != saved:
+        _os.environ.clear()
+        _os.environ.update(saved)
+
+
 @_pytest.fixture
 def tracking_uri(tmp_path: _Path) -> str:
     """A fresh sqlite tracking store (artifacts land beside it, in tmp_path/artifacts)."""
