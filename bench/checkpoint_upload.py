@@ -6,12 +6,13 @@ report call), with the same state.pt and `--epoch-s` of stand-in compute between
 running in the background has something to overlap with):
   direct        pyarrow copies the checkpoint folder to s3:// (the bytes over HTTP: the floor of a blocking upload)
   tune          `ray.tune.report(checkpoint=...)` in a Tune function trainable (the 1-worker trial path)
+  tune thread   the same report made from a helper thread, joined before the next one (Tune has no async mode)
   train none    `ray.train.report(metrics)` in a 1-worker TorchTrainer, no checkpoint (the report's own cost)
   train sync    the same with a checkpoint (the DDP trial path, Ray's default upload mode)
   train async   the same with `checkpoint_upload_mode=ASYNC`: the upload runs in a background thread
 Every Ray side must leave one checkpoint per epoch in the bucket (checked). Ratio: train sync / train async.
 
-Run: flock /tmp/ray-test.lock .venv/bin/python bench/checkpoint_upload.py [--epochs 5] [--epoch-s 2] [--quick]
+Run: flock /tmp/ray-test.lock .venv/bin/python bench/checkpoint_upload.py [--epochs 5] [--epoch-s 2] [--tune-only]
 `--quick` (a tiny model, the direct side only, no Ray) checks the script runs.
 """
 
@@ -96,16 +97,30 @@ def time_direct(state_file: str, epochs: int) -> list[float]:
 
 
 def tune_loop(config: dict) -> None:
+    import threading
+
     import ray.tune
 
-    seconds = []
+    seconds, previous = [], None
     for epoch in range(config["epochs"]):
         time.sleep(config["epoch_s"])
         folder = fresh_copy(config["state"])
         started = time.perf_counter()
-        ray.tune.report({"epoch": epoch}, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+        def send(epoch: int = epoch, folder: str = folder) -> None:
+            ray.tune.report({"epoch": epoch}, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+            shutil.rmtree(folder)
+
+        if config.get("background"):  # the previous report must be in before this one starts (order)
+            if previous is not None:
+                previous.join()
+            previous = threading.Thread(target=send)
+            previous.start()
+        else:
+            send()
         seconds.append(time.perf_counter() - started)
-        shutil.rmtree(folder)
+    if previous is not None:
+        previous.join()
     Path(config["out"]).write_text(json.dumps(seconds))
 
 
@@ -133,7 +148,8 @@ def checkpoints_in(prefix: str) -> int:
     return sum(1 for i in infos if i.base_name == "state.pt")
 
 
-def time_ray(state_file: str, epochs: int, epoch_s: float, scratch: Path) -> dict[str, list[float]]:
+def time_ray(state_file: str, epochs: int, epoch_s: float, scratch: Path, tune_only: bool
+             ) -> dict[str, list[float]]:
     import ray
     import ray.train
     import ray.train.torch
@@ -149,6 +165,12 @@ def time_ray(state_file: str, epochs: int, epoch_s: float, scratch: Path) -> dic
                        run_config=ray.tune.RunConfig(name="tune", storage_path=f"s3://{BUCKET}", verbose=0)).fit()
         results["tune"] = json.loads(out.read_text())
         assert checkpoints_in("tune") == epochs, "the Tune side did not leave one checkpoint per epoch"
+        ray.tune.Tuner(ray.tune.with_resources(tune_loop, {"cpu": 1}), param_space={**config, "background": True},
+                       run_config=ray.tune.RunConfig(name="tune-bg", storage_path=f"s3://{BUCKET}", verbose=0)).fit()
+        results["tune thread"] = json.loads(out.read_text())
+        assert checkpoints_in("tune-bg") == epochs, "the Tune side did not leave one checkpoint per epoch"
+        if tune_only:
+            return results
         for mode in ("none", "sync", "async"):
             out = scratch / f"train-{mode}.json"
             ray.train.torch.TorchTrainer(
@@ -175,6 +197,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--epoch-s", type=float, default=2.0, help="stand-in compute between two reports (sleep)")
     p.add_argument("--quick", action="store_true", help="tiny model, direct side only: checks the script runs")
+    p.add_argument("--tune-only", action="store_true", help="the two Tune sides only (no TorchTrainer)")
     a = p.parse_args()
     model = ("wrn_std", 10, 1) if a.quick else ("wrn_std", 16, 4)
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as scratch:
@@ -189,15 +212,18 @@ def main() -> None:
             if a.quick:
                 print(f"ratio direct upload / stand-in epoch: {direct / a.epoch_s:.3f}")
                 return
-            timed = time_ray(state_file, a.epochs, a.epoch_s, Path(scratch))
+            timed = time_ray(state_file, a.epochs, a.epoch_s, Path(scratch), a.tune_only)
             medians = {name: summary(name, seconds, skip_first=True) for name, seconds in timed.items()}
         finally:
             server.terminate()
             server.wait(10)
+    if "train sync" not in medians:
+        return
     print(f"ratio train sync / train async (report blocked per epoch): "
           f"{medians['train sync'] / medians['train async']:.1f}x; "
           f"sync blocks {medians['train sync'] / a.epoch_s:.1%} of a {a.epoch_s} s epoch, "
-          f"async {medians['train async'] / a.epoch_s:.1%}, Tune's report {medians['tune'] / a.epoch_s:.1%}")
+          f"async {medians['train async'] / a.epoch_s:.1%}; Tune's report {medians['tune'] / a.epoch_s:.1%}, "
+          f"from a thread {medians['tune thread'] / a.epoch_s:.1%}")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,11 @@ def test_plain_s3_uris_reach_the_endpoint_named_in_the_environment(s3, tmp_path:
 
 def test_mlflow_endpoint_variable_alone_is_shared_with_pyarrow(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `runner` does at start-up (cli.main): MLflow's variable is enough for every client."""
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", os.environ.pop("AWS_ENDPOINT_URL"))
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "")  # recorded, so the shared value is undone after the test
     storage.share_endpoint(os.environ)
+    assert os.environ["AWS_ENDPOINT_URL_S3"] == s3.server.uri
     storage.write_text(s3.uri("shared/x.txt"), "x")
     assert s3.keys() == ["shared/x.txt"]
 
