@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     _spec_overrides(p)
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster can place)")
-    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo")
+    p.add_argument("--scheduler", choices=["fifo", "asha"], default=None,
+                   help="fifo or asha (default: a search spec's search.scheduler, else fifo)")
     p.add_argument("--storage", help="Ray storage path or URI (default $RUNNER_STORAGE or ./results)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="EXPERIMENT",
                    help="continue an interrupted invocation (default: the latest of this spec)")
