@@ -95,3 +95,12 @@ def test_runner_check_cluster_gpus_prints_the_estimate(history: str, tmp_path: P
     assert "grid on 8 GPUs: wall 0.3 min, 0.02 GPU-hours" in out and "est. time" in out
     assert cli.main(["check", str(grid_spec(tmp_path)), "--set", "model.name=wrn_std", "--cluster-gpus", "8"]) == 0
     assert "no grid estimate (wrn_std on GPU: no earlier trial to go on)" in capsys.readouterr().out
+
+
+def test_runner_check_cluster_cpus_sets_how_many_cpu_trials_run_at_once(history: str, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    cpu_grid = str(grid_spec(tmp_path, 0))  # 4 trials of 2 CPUs each (driver + worker), 6 min each
+    assert cli.main(["check", cpu_grid, "--cluster-gpus", "0", "--cluster-cpus", "2"]) == 0
+    assert "grid on 0 GPUs: wall 24.0 min" in capsys.readouterr().out  # one at a time
+    assert cli.main(["check", cpu_grid, "--cluster-gpus", "0", "--cluster-cpus", "4"]) == 0
+    assert "grid on 0 GPUs: wall 12.0 min" in capsys.readouterr().out  # two at a time

@@ -80,3 +80,9 @@ def test_schedule_min_lr_is_the_floor_of_cosine_and_plateau() -> None:
     assert min(lrs({"name": "cosine", "min_lr": 0.25}, 9)) >= 0.25
     plateau = lrs({"name": "plateau", "patience": 0, "factor": 0.5, "min_lr": 0.3}, 6, accs=[0.5] * 6)
     assert plateau == pytest.approx([1, 1, 0.5, 0.3, 0.3, 0.3])  # halved once, then held at the floor
+
+
+def test_train_seed_draws_the_initial_weights() -> None:
+    first, again, other = (prepared(**{"train.seed": seed}).net.state_dict() for seed in (1, 1, 2))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
