@@ -191,6 +191,17 @@ def test_report_shows_cost_and_is_written_with_the_umask(grid: dict, env_uri: st
     assert "cpu_h" in (tmp_path / "report.md").read_text().splitlines()[0]
 
 
+def test_report_format_prints_markdown_csv_or_json(grid: dict, env_uri: str, capsys: pytest.CaptureFixture) -> None:
+    printed = {}
+    for fmt in ("md", "csv", "json"):
+        assert cli.main(["report", "m1", "--format", fmt]) == 0
+        printed[fmt] = capsys.readouterr().out
+    assert printed["md"].startswith("| trial") and printed["md"].splitlines()[1].startswith("|---")
+    assert sorted(row["trial"] for row in csv.DictReader(printed["csv"].splitlines())) == ["good", "huge", "worse"]
+    rows = json.loads(printed["json"])
+    assert rows["spec"] == "m1" and sorted(t["trial"] for t in rows["trials"]) == ["good", "huge", "worse"]
+
+
 def test_wrong_images_get_a_clear_error_naming_what_the_model_takes(grid: dict, env_uri: str) -> None:
     loaded = submit.load_for_inference("models:/m1@champion")
     good = np.zeros((2, 32, 32, 3), dtype=np.uint8)
