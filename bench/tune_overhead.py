@@ -1,25 +1,24 @@
-"""A grid of 8 tiny trials through `runner run` (Tune -> Ray Train -> MLflow) against the same trials run directly.
+"""A grid of 8 tiny trials through `runner run` (Tune -> the trial -> MLflow) against the same trials run directly.
 
-The spec is generated (8 rows of `optimizer.lr`, wrn_std-10-1 on the built-in synthetic set, 1 Train worker
-per trial at 0.5 CPU plus a 0.5 CPU trial driver, so 2 trials run at once on 2 cores; `--data DIR` for a
-prepared set). Both sides run in this one invocation, direct first:
-  direct: each trial's `runner.core.train.fit` in this process, one after another, with the torch threads a Ray
-          worker of that size gets (1), saving a checkpoint every epoch like the Ray path does;
-          the figure compared is sum(trial times) / concurrency;
+The spec is generated (8 rows of `optimizer.lr`, wrn_std-10-1 on the built-in synthetic set; `--data DIR` for a
+prepared set), once per trial path (`--workers 1,2`):
+  workers 1: each trial trains inside its Tune trial process (0.5 trial CPU + 0.5 worker CPU), 2 at a time;
+  workers 2: each trial is a TorchTrainer of 2 DDP workers (0.5 trial CPU + 2 x 0.25 CPU), 2 at a time.
+Both sides run in this one invocation, direct first:
+  direct: each trial's `runner.core.train.fit` in this process, one after another, with the torch threads a
+          trial of that size gets (1), saving a checkpoint every epoch like the Ray path does; the figure
+          compared ("ideal") is sum(trial times) / concurrency (the same for both paths: DDP splits the same
+          work over 2 ranks);
   runner: `python -m runner run SPEC --num-cpus N --no-register` in a subprocess (local Ray, MLflow in a temp
-          sqlite store); the figure compared is its own "grid wall time" (tuner.fit), and the whole process
-          time prints too.
+          sqlite store): the runner's own code, nothing patched; the figure compared is its own "grid wall
+          time" (tuner.fit), and the whole process time prints too.
 Each runner output line is timestamped as it arrives, which gives every trial's start latency: Tune's trial
-start -> the first epoch's result reaching the driver, less that epoch's compute (fit's epoch_s). Ray Train's
-controller logs (in the run's own RAY_TMPDIR) give where a trial's start-up goes.
+start -> the first epoch's result reaching the driver, less that epoch's compute (fit's epoch_s). For DDP
+trials Ray Train's controller logs (in the run's own RAY_TMPDIR) give where a trial's start-up goes.
 
-`--ray-env KEY=VALUE` (repeatable) sets environment variables for the runner process (Ray Train reads
-RAY_TRAIN_* there and forwards them to its controller and workers); `--reuse-actors` runs the runner with
-Tune's `TuneConfig(reuse_actors=True)` (patched in, for measuring that change); `--proposed` adds a runner
-run with the start-up cuts docs/benchmarks.md recommends; `--prototype` adds one where 1-worker CPU trials
-train inside their Tune trial actor (no TorchTrainer), to measure what that design change would buy.
+`--ray-env KEY=VALUE` (repeatable) sets environment variables for the runner process.
 
-Run: .venv/bin/python bench/tune_overhead.py [--n 3000] [--epochs 3] [--proposed] [--quick]
+Run: .venv/bin/python bench/tune_overhead.py [--n 3000] [--epochs 3] [--workers 1,2] [--quick]
 It starts a local Ray: on a shared machine wrap it in `flock /tmp/ray-test.lock ...`.
 """
 
@@ -47,12 +46,6 @@ import torch  # noqa: E402
 from runner import data, resources, spec  # noqa: E402
 from runner.core import checkpoint, train  # noqa: E402
 
-# The start-up cuts measured in docs/benchmarks.md: Ray Train's controller polls its workers every 2 s by
-# default (a report waits up to one poll to leave a worker, the end of training up to two); the preemption
-# watcher and metrics callbacks are one more actor process / more work per trial that a local grid does not use.
-PROPOSED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                "RAY_TRAIN_METRICS_ENABLED": "0"}
-
 SPEC = """\
 name: tune_overhead
 description: bench/tune_overhead.py's generated grid
@@ -63,66 +56,18 @@ base:
   schedule: {{name: cosine}}
   augment: {{crop_padding: 4, hflip: true}}
   train: {{epochs: {epochs}, batch_size: {batch}, seed: 0}}
-  scaling: {{workers: 1, cpus_per_worker: {worker_cpus}, trial_cpus: {trial_cpus}}}
+  scaling: {{workers: {workers}, cpus_per_worker: {worker_cpus}, trial_cpus: {trial_cpus}}}
 grid:
   optimizer.lr: {lrs}
 """
 
-# Runs the runner with Tune's TuneConfig defaulting to reuse_actors=True (what --reuse-actors measures).
-REUSE_ACTORS = """\
-import functools
-import ray.tune
-ray.tune.TuneConfig = functools.partial(ray.tune.TuneConfig, reuse_actors=True)
-"""
-# A prototype (--in-process-trials): a 1-worker CPU trial trains inside its Tune trial actor instead of a
-# TorchTrainer (no Train controller, worker, sync, dataset-manager or placement-group-cleaner processes).
-# Checkpoints go through ray.tune.report; results carry no `checkpoint_path`, so the MLflow bridge logs no
-# state.pt/plots for these trials (slightly less driver work than the real path).
-IN_PROCESS = """\
-import tempfile
-import ray.tune
-from runner.tune import trial as runner_tune
-
-_through_ray_train = runner_tune.trial_driver
-
-
-def trial_driver(config):
-    cfg = config["trial"]["config"]
-    from runner import resources
-    if cfg["scaling"]["workers"] != 1 or resources.gpus(cfg["scaling"]):
-        return _through_ray_train(config)
-    import torch
-    from runner import data
-    from runner.core import checkpoint, train
-    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"])
-    resume = None
-    if (checkpoint := ray.tune.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as directory:
-            resume = checkpoint.load(directory)
-
-    def report(metrics, state):
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint.save(state(), directory)
-            ray.tune.report({**metrics, "worker_nodes": 1}, checkpoint=ray.tune.Checkpoint.from_directory(directory))
-
-    train.fit(cfg, train_split, val_split, meta.classes, report, device=torch.device("cpu"), resume=resume)
-
-
-runner_tune.trial_driver = trial_driver
-"""
-MAIN = """\
-import sys
-from runner.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def write_spec(directory: str, a: argparse.Namespace) -> str:
-    path = os.path.join(directory, "tune_overhead.yaml")
+def write_spec(directory: str, a: argparse.Namespace, workers: int) -> str:
+    """One trial holds the same CPUs on either path: trial + worker share, or trial + 2 x half a share."""
+    path = os.path.join(directory, f"tune_overhead_{workers}.yaml")
     lrs = [round(0.01 * (i + 1), 3) for i in range(a.trials)]
     with open(path, "w") as fh:
         fh.write(SPEC.format(path=a.data or f"synthetic:{a.n}", epochs=a.epochs, batch=a.batch, lrs=lrs,
-                             worker_cpus=a.worker_cpus, trial_cpus=a.trial_cpus))
+                             workers=workers, worker_cpus=a.worker_cpus / workers, trial_cpus=a.trial_cpus))
     return path
 
 
@@ -149,17 +94,14 @@ LINE = re.compile(r"^\[(?P<trial>[^\]]+)\] (?P<what>.*)$")
 EPOCH = re.compile(r"epoch (?P<epoch>\d+)/\d+ .* (?P<epoch_s>[\d.]+) s$")
 
 
-def run_runner(spec_path: str, directory: str, num_cpus: float, env_extra: dict, reuse_actors: bool,
-               in_process: bool, timeout_s: float) -> dict:
+def run_runner(spec_path: str, directory: str, num_cpus: float, env_extra: dict, timeout_s: float) -> dict:
     """`runner run` in a subprocess; its stdout lines timestamped on arrival."""
     os.makedirs(directory, exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db", "RAY_TMPDIR": directory, **env_extra}
     for name in ("RAY_ADDRESS", "RUNNER_STORAGE"):
         env.pop(name, None)
-    patches = (REUSE_ACTORS if reuse_actors else "") + (IN_PROCESS if in_process else "")
-    command = ["-c", patches + MAIN] if patches else ["-m", "runner"]
-    args = [sys.executable, *command, "run", spec_path, "--storage", f"{directory}/results",
+    args = [sys.executable, "-m", "runner", "run", spec_path, "--storage", f"{directory}/results",
             "--num-cpus", f"{num_cpus:g}", "--no-register"]
     lines: list[tuple[float, str]] = []
     started = time.time()
@@ -279,30 +221,27 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--workers", default="1,2", help="trial paths to measure: 1 (in-process), 2 (DDP), or 1,2")
     p.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 2), help="CPUs of the local Ray")
-    p.add_argument("--worker-cpus", type=float, default=0.5)
+    p.add_argument("--worker-cpus", type=float, default=0.5, help="a trial's worker CPUs (split over DDP workers)")
     p.add_argument("--trial-cpus", type=float, default=0.5)
     p.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for the runner process (e.g. RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2)")
-    p.add_argument("--reuse-actors", action="store_true", help="Tune's reuse_actors=True for the runner run")
-    p.add_argument("--proposed", action="store_true",
-                   help=f"also run the runner with the proposed cuts ({PROPOSED_ENV}, reuse_actors=True)")
-    p.add_argument("--prototype", action="store_true",
-                   help="also run the in-process-trial prototype (with the proposed cuts)")
+                   help="environment for the runner process (e.g. RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per runner run")
     p.add_argument("--verbose", action="store_true", help="print the runner's output, timestamped")
     p.add_argument("--keep", action="store_true", help="keep the work dir (Ray logs, MLflow store) and print it")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     a = p.parse_args()
     if a.quick:
-        a.n, a.epochs, a.trials, a.batch = 200, 1, 1, 32
-        a.ray_env = a.ray_env or [f"{k}={v}" for k, v in PROPOSED_ENV.items()]  # the smoke test's time
+        a.n, a.epochs, a.trials, a.batch, a.workers = 200, 1, 1, 32, "1"
     env = dict(item.partition("=")[::2] for item in a.ray_env)
+    paths = [int(w) for w in a.workers.split(",")]
 
     work = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's unix sockets need a short path
+    figures = []
     try:
-        spec_path = write_spec(work, a)
-        loaded = spec.load_spec(spec_path)
+        specs = {w: write_spec(work, a, w) for w in paths}
+        loaded = spec.load_spec(specs[paths[0]])
         needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
         concurrency = resources.plan_concurrency(needs, {"CPU": a.num_cpus})
         threads = max(1, int(a.worker_cpus))  # Ray's OMP_NUM_THREADS for a worker of that many CPUs
@@ -313,28 +252,22 @@ def main() -> None:
         direct = run_direct(loaded.trials, threads, os.path.join(work, "direct"))
         per_slot = sum(direct) / concurrency
         print(f"direct: {sum(direct):.1f} s for {len(direct)} trials one after another; / {concurrency} = "
-              f"{per_slot:.1f} s", flush=True)
-        runs = [("as is" + (f", env {env}" if env else "") + (", reuse_actors" if a.reuse_actors else ""),
-                 env, a.reuse_actors, False)]
-        if a.proposed:
-            runs.append(("proposed env + reuse_actors", {**env, **PROPOSED_ENV}, True, False))
-        if a.prototype:
-            runs.append(("prototype: in-process 1-worker trials", {**env, **PROPOSED_ENV}, True, True))
-        figures = []
-        for i, (name, run_env, reuse, in_process) in enumerate(runs):
-            result = run_runner(spec_path, os.path.join(work, f"run{i}"), a.num_cpus, run_env, reuse, in_process,
-                                a.timeout)
-            figures.append((name, summarise(name, result, per_slot, a.verbose)))
+              f"{per_slot:.1f} s (the ideal grid)", flush=True)
+        for workers in paths:
+            name = "1 worker: in the trial process" if workers == 1 else f"{workers} workers: TorchTrainer (DDP)"
+            result = run_runner(specs[workers], os.path.join(work, f"run{workers}"), a.num_cpus, env, a.timeout)
+            figures.append((name, workers, summarise(name, result, per_slot, a.verbose)))
     finally:
         if a.keep:
             print(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    for name, f in figures:
-        print(f"[{name}] start latency median {f['latency_median']:.1f} s, max {f['latency_max']:.1f} s "
-              "(goal <= 10 s)")
-    for name, f in figures:
-        print(f"ratio runner grid / (direct sum / {concurrency}) [{name}]: {f['ratio']:.2f}x (goal <= 1.35x)")
+    for name, workers, f in figures:
+        goal = "goal <= 3 s" if workers == 1 else "target <= 12 s"
+        print(f"[{name}] start latency median {f['latency_median']:.1f} s, max {f['latency_max']:.1f} s ({goal})")
+    for name, workers, f in figures:
+        goal = " (goal <= 1.35x)" if workers == 1 else ""
+        print(f"ratio runner grid / (direct sum / {concurrency}) [{name}]: {f['ratio']:.2f}x{goal}")
 
 
 if __name__ == "__main__":

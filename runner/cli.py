@@ -9,13 +9,16 @@
     runner run experiments/smoke.yaml
     runner register SPEC_NAME | runner submit ... | runner score SUB SOLUTION | runner report SPEC_NAME
 
-User mistakes end with `runner: error: <file/row/field and the fix>` and exit status 2.
+Exit status (docs/errors.md): 0 done; 2 a mistake or refused request (`runner: error: <file/row/field
+and the fix>`: every user-facing error class is a ValueError); 1 a runtime failure (a failed trial, MLflow
+writes lost; an unexpected exception prints its traceback); 128 + signal when interrupted (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -37,9 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("runner: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # runner.tune.interrupts.Interrupted carries the signal (SIGTERM too)
+        signum = getattr(err, "signal", signal.SIGINT)
+        print(f"runner: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except ValueError as err:  # every user-facing error class of the project derives from ValueError
         print(f"runner: error: {masking.redact(str(err))}", file=sys.stderr)
         return EXIT_USAGE
@@ -113,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", metavar="FILE", help="write a submission from the registered model")
     p.add_argument("--tta", type=_tta, metavar="N|MODE[:N]",
                    help="test-time augmentation for --submission (default: the trial's own eval group)")
+    p.add_argument("--tracking-wait", type=float, metavar="SECONDS",
+                   help="after the grid, how long to wait for an unreachable MLflow before ending with "
+                        "'tracking incomplete' (exit 1; results.csv is written either way; default 300)")
     p.set_defaults(handler=_run)
 
     p = commands.add_parser("register", help="register the best in-budget trial of a spec's latest run")
@@ -313,7 +320,8 @@ def _run(args: argparse.Namespace) -> int:
 
     return run_spec(args.spec, spec_overrides(args), max_concurrent=args.max_concurrent, scheduler=args.scheduler,
                     storage=args.storage, resume=args.resume, num_cpus=args.num_cpus,
-                    register_as=args.register, submission=args.submission, eval=args.tta)
+                    register_as=args.register, submission=args.submission, eval=args.tta,
+                    tracking_wait=args.tracking_wait)
 
 
 def _register(args: argparse.Namespace) -> int:

@@ -21,7 +21,13 @@ class ResourceError(ValueError):
 
 @dataclass(frozen=True)
 class TrialNeed:
-    """What one trial holds while it runs: its driver's bundle plus its workers' bundles."""
+    """What one trial holds while it runs, as the bundles Ray is asked for: the arithmetic below and the
+    requests `runner.tune` makes (Tune's placement group, Train's ScalingConfig) are both built from
+    `trial_bundle()` / `worker_bundle()`, so they cannot disagree.
+
+    Each path's real processes: with one worker the trial trains inside its own Tune trial process,
+    which therefore holds the worker's share too (one bundle); with N >= 2 workers the trial process
+    drives a TorchTrainer (its controller takes 0 CPU) and each DDP worker holds its own bundle."""
 
     name: str
     trial_cpus: float
@@ -30,14 +36,44 @@ class TrialNeed:
     gpus_per_worker: float
 
     @property
+    def in_process(self) -> bool:
+        return self.workers == 1
+
+    def trial_bundle(self, driver_resource: str | None = None) -> dict[str, float]:
+        """The Tune trial process's bundle. `driver_resource` (a custom resource some nodes advertise, e.g.
+        on-demand CPU nodes) pins a DDP trial's process to those nodes with a token amount: losing it loses
+        the trial. A 1-worker trial trains in its process, needs the worker's node kind (GPUs, spot), and
+        is restarted elsewhere from its checkpoint when that node goes (`max_failures`)."""
+        bundle = {"CPU": self.trial_cpus + (self.cpus_per_worker if self.in_process else 0.0)}
+        if self.in_process and self.gpus_per_worker:
+            bundle["GPU"] = self.gpus_per_worker
+        if driver_resource and not self.in_process:
+            bundle[driver_resource] = 0.001
+        return bundle
+
+    def worker_bundle(self) -> dict[str, float]:
+        """One Train worker's bundle (`ScalingConfig.resources_per_worker`); only the DDP path has them."""
+        bundle = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            bundle["GPU"] = self.gpus_per_worker
+        return bundle
+
+    def bundles(self) -> list[dict[str, float]]:
+        return [self.trial_bundle()] + ([] if self.in_process else [self.worker_bundle()] * self.workers)
+
+    @property
     def cpus(self) -> float:
-        return self.trial_cpus + self.workers * self.cpus_per_worker
+        return sum(b.get("CPU", 0.0) for b in self.bundles())
 
     @property
     def gpus(self) -> float:
-        return self.workers * self.gpus_per_worker
+        return sum(b.get("GPU", 0.0) for b in self.bundles())
 
     def formula(self) -> str:
+        if self.in_process:
+            text = (f"1 process: {_n(self.trial_cpus)} trial CPU + {_n(self.cpus_per_worker)} worker CPU = "
+                    f"{_n(self.cpus)} CPU")
+            return text + (f", {_n(self.gpus)} GPU" if self.gpus else "")
         text = f"{_n(self.trial_cpus)} trial CPU + {self.workers} workers x {_n(self.cpus_per_worker)} CPU"
         text += f" = {_n(self.cpus)} CPU"
         if self.gpus:
@@ -58,6 +94,9 @@ def need_of(name: str, scaling: dict) -> TrialNeed:
 def plan_concurrency(needs: list[TrialNeed], cluster: dict[str, float], requested: int | None = None) -> int:
     """How many trials may run at once; raises ResourceError (with the arithmetic) when none or
     the requested number cannot be placed. `cluster` is `ray.cluster_resources()`-shaped."""
+    if requested is not None and requested < 1:
+        raise ResourceError(f"--max-concurrent {requested}: must be at least 1 (or leave it out: the runner derives "
+                            "it from the cluster)")
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     biggest = max(needs, key=lambda n: (n.gpus, n.cpus))
     for need in needs:

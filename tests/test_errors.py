@@ -191,6 +191,37 @@ def _resume_conflict(tmp: Path) -> list[str]:
     return ["train", "--resume", str(tmp / "ckpt"), "--depth", "16", "--epochs", "2"]
 
 
+def _nothing_registrable(tmp: Path) -> list[str]:
+    """An experiment whose only trial failed: there is nothing to register."""
+    from runner.tracking.tracker import Tracker
+
+    with Tracker("errors", f"sqlite:///{tmp / 'store' / 'mlflow.db'}", staging_dir=tmp) as tracker:
+        tracker.start_parent()
+        tracker.finish_trial(tracker.start_trial("t0", "row-0", {"model": {"name": "wrn_std"}}), "FAILED")
+        tracker.finish_parent("FAILED")
+    return ["register", "errors"]
+
+
+def _no_test_split(tmp: Path) -> list[str]:
+    """A prepared data set of class folders only (folder:DIR without test/)."""
+    from runner import data
+
+    for k, label in enumerate(CLASSES * 2):
+        (tmp / "src" / label).mkdir(parents=True, exist_ok=True)
+        png(tmp / "src" / label / f"{k}.png", k)
+    data.prepare(f"folder:{tmp / 'src'}", str(tmp / "ds"))
+    return [*spec_run(SPEC)(tmp)[:4], "--data", str(tmp / "ds"), "--submission", str(tmp / "sub.csv")]
+
+
+def _resume_changed_spec(tmp: Path) -> list[str]:
+    """Earlier invocations: another spec's (`errors-ddp-...`) and this spec's name with another sha256."""
+    for name, sha in (("errors-ddp-20261130-101010", None), ("errors-20261130-090909", "0" * 64)):
+        (tmp / "results" / name).mkdir(parents=True)
+        if sha:
+            (tmp / "results" / name / "runner-invocation.json").write_text(f'{{"spec_sha256": "{sha}"}}')
+    return spec_run(SPEC, "--resume")(tmp)
+
+
 RAY_PORT = closed_port()
 MLFLOW_PORT = closed_port()
 
@@ -271,6 +302,19 @@ CASES: dict[str, Case] = {
                                env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}"}),
     "resume with nothing to resume": Case(spec_run(SPEC, "--resume"), ["--resume", "no earlier run of 'errors'",
                                                                        "{tmp}/results", "without --resume"]),
+    "resume of a changed spec": Case(_resume_changed_spec, [
+        "--resume", "no earlier run of this version of {tmp}/spec.yaml", "errors-20261130-090909 ran another version",
+        "pass --resume errors-20261130-090909"], absent=["out", "mlflow.db"]),
+    "--max-concurrent below 1": Case(spec_run(SPEC, "--max-concurrent", "0"),
+                                     ["--max-concurrent", "must be at least 1, got 0", "leave it out"]),
+    "--submission without registering": Case(spec_run(SPEC, "--submission", "sub.csv"),
+                                             ["--submission", "registered model", "drop --no-register"]),
+    "--submission of a data set without a test split": Case(
+        _no_test_split, ["--submission", "{tmp}/ds has no test split", "prepare one with a test split"],
+        absent=["out", "results", "mlflow.db"]),
+    "nothing registrable": Case(_nothing_registrable, ["errors: no FINISHED trial has metric 'val_acc'",
+                                                       "finish a trial first"], absent=["out", "results"],
+                                env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/store/mlflow.db"}),
 }
 
 
@@ -284,8 +328,9 @@ def test_bad_input_is_refused_with_location_and_fix(case: str, tmp_path: Path, m
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # `connect` sets these; keep them to this test
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     for key, value in row.env.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value.format(tmp=tmp_path))
     argv = row.setup(tmp_path)
+    capsys.readouterr()  # what setting the case up printed is not the command's output
     before = set(os.listdir(tmp_path))
 
     assert cli.main(argv) == 2
@@ -356,3 +401,17 @@ def test_secrets_stay_out_of_mlflow_and_messages(tmp_path: Path, monkeypatch: py
     with pytest.raises(TrackingError) as err:
         tracking.Tracker("secrets", f"http://ann:s3cret@127.0.0.1:{closed_port()}")
     assert "http://***@127.0.0.1" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_every_exit_status_and_fault_row_names_tests_that_exist() -> None:
+    """docs/errors.md's exit-status and fault tables name their tests: each must exist in tests/."""
+    text = (ROOT / "docs" / "errors.md").read_text()
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for section in ("## Exit status", "## Faults during a run"):
+        table = text.split(section, 1)[1].split("\n## ", 1)[0]
+        named = re.findall(r"`(test_\w+)`", table)
+        assert named, section
+        missing = [name for name in named if f"def {name}(" not in sources]
+        assert not missing, f"{section}: {missing}"
+    statuses = re.findall(r"^\| (\d+) \|", text.split("## Exit status", 1)[1].split("\n## ", 1)[0], re.MULTILINE)
+    assert statuses == ["0", "1", "2", "130", "143"]

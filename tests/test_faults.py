@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import re
 import signal
 import socket
@@ -51,14 +52,15 @@ base:
   data: {path: "synthetic:1200", val_fraction: 0.25}
   model: {name: wrn_std, depth: 10, width: 1}
   train: {epochs: 4, batch_size: 32}
-  scaling: {workers: 2, cpus_per_worker: 1, trial_cpus: 1}
+  scaling: {workers: WORKERS, cpus_per_worker: CPUS, trial_cpus: TRIAL_CPUS}
   max_failures: 1
 """
 
 
 def watch_callback():  # noqa: ANN201 - a ray.tune.Callback, built here so importing this module skips ray
     """A Tune callback that records what the driver received (epoch, when, restart point) and tells the
-    main thread when the first committed checkpoint is in (Train commits before forwarding to Tune)."""
+    main thread when the first checkpoint is committed (Train commits before forwarding to Tune; Tune
+    registers a 1-worker trial's checkpoint right after its result)."""
     import ray.tune
 
     class Watch(ray.tune.Callback):
@@ -74,40 +76,50 @@ def watch_callback():  # noqa: ANN201 - a ray.tune.Callback, built here so impor
                 return
             self.results.append({"at": time.monotonic(), "epoch": int(result["epoch"]),
                                  "resumed_from": int(result["resumed_from"]),
-                                 "worker_nodes": int(result["worker_nodes"]),
-                                 "checkpoint_path": result.get("checkpoint_path")})
+                                 "worker_nodes": int(result["worker_nodes"])})
             if result.get("checkpoint_path"):
                 self.first_checkpoint.set()
 
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:  # noqa: ANN001
+            self.first_checkpoint.set()
+
     return Watch()
+
+
+def start_cluster(short_dir: str, workers: int):  # noqa: ANN201 - a ray.cluster_utils.Cluster
+    """DDP: the head's one CPU holds the trial process, pinned there as on the real cluster (a lost
+    trial process is a lost trial), and each 1-CPU worker node holds one rank. One worker: the trial
+    process trains, so it runs on the one worker node (the head has no CPU for it)."""
+    from ray.cluster_utils import Cluster
+
+    head_cpus = 1 if workers > 1 else 0
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "temp_dir": short_dir,
+                                                            "resources": {"trial_driver": 1},
+                                                            "object_store_memory": 100 * MB})
+    nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * MB) for _ in range(workers)]
+    return cluster, nodes
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeypatch, workers):
     import ray
     from mlflow import MlflowClient
-    from ray.cluster_utils import Cluster
 
     from runner import spec
     from runner.tracking import tracker as tracking
     from runner.tune import callbacks, tuner
-    from runner.tune import trial as tune
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    # The head's one CPU holds the trial driver, pinned there as on the real cluster (a lost driver is a
-    # lost trial); each 1-CPU worker node holds one DDP rank.
-    monkeypatch.setenv(tune.TRIAL_RESOURCE_ENV, "trial_driver")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
-                                                            "resources": {"trial_driver": 1},
-                                                            "object_store_memory": 100 * MB})
-    workers = [cluster.add_node(num_cpus=1, object_store_memory=100 * MB) for _ in range(2)]
+    cluster, nodes = start_cluster(short_dir, workers)
     uri = f"sqlite:///{short_dir}/mlflow.db"
+    text = NODE_LOSS.replace("WORKERS", str(workers)).replace("TRIAL_CPUS", "1" if workers > 1 else "0.5")
     try:
         ray.init(address=cluster.address)
-        trials = spec.load_spec(write_spec(short_dir, NODE_LOSS)).trials
+        trials = spec.load_spec(write_spec(short_dir, text.replace("CPUS", str(1 if workers > 1 else 0.5)))).trials
         watch = watch_callback()
         tracker = tracking.Tracker("node_loss", uri, staging_dir=short_dir)
         parent = tracker.start_parent(run_name="node-loss")
@@ -117,7 +129,8 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
         def grid() -> None:  # cluster.add_node/remove_node need the main thread: the grid runs here
             try:
                 outcome["grid"] = tuner.run_tuner(trials, experiment="node-loss", storage=f"{short_dir}/results",
-                                                 max_concurrent=1, scheduler=None, callbacks=[watch, bridge])
+                                                 max_concurrent=1, scheduler=None, callbacks=[watch, bridge],
+                                                 driver_resource="trial_driver" if workers > 1 else None)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 outcome["error"] = exc
 
@@ -126,15 +139,16 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
         assert watch.first_checkpoint.wait(240), "no committed checkpoint within 240 s"
         killed_at = time.monotonic()
         seen_before_kill = [r["epoch"] for r in watch.results]
-        cluster.remove_node(workers[0], allow_graceful=False)  # one rank's node dies mid-epoch
         cluster.add_node(num_cpus=1, object_store_memory=100 * MB)  # what the autoscaler would do
+        cluster.remove_node(nodes[0], allow_graceful=False)  # a node holding the training dies mid-epoch
         thread.join(300)
         assert not thread.is_alive(), "the grid did not finish within 300 s of the node loss"
         if "error" in outcome:
             raise outcome["error"]
         result = outcome["grid"][0]
         assert result.error is None, result.error
-        tracker.finish_parent("FINISHED", list(bridge.rows.values()))
+        assert bridge.writer.drain(60)
+        tracker.finish_parent("FINISHED", bridge.rows())
         tracker.close()
     finally:
         ray.shutdown()
@@ -143,18 +157,18 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
     epochs = [r["epoch"] for r in watch.results]
     assert max(seen_before_kill) < 4, f"training ended before the node was killed: {epochs}"
     restarted = [r for r in watch.results if r["resumed_from"] > 0]
-    assert restarted, f"no worker group restarted from a checkpoint: {watch.results}"
+    assert restarted, f"the training did not restart from a checkpoint: {watch.results}"
     first = restarted[0]
     before = [r for r in watch.results if r["at"] < first["at"]]
-    # It restarted from the last checkpoint Train had committed (every committed one reached Tune) ...
-    assert first["resumed_from"] == before[-1]["epoch"] and before[-1]["checkpoint_path"]
+    # It restarted from the last checkpoint committed (every committed one reached Tune) ...
+    assert first["resumed_from"] == before[-1]["epoch"]
     assert first["epoch"] == first["resumed_from"] + 1
     # ... so the epoch in flight at the kill is the only work done twice, and it finished every epoch.
     assert epochs == [1, 2, 3, 4], epochs
-    assert result.metrics["epoch"] == 4 and first["worker_nodes"] == 2
+    assert result.metrics["epoch"] == 4 and first["worker_nodes"] == workers
     recovery_s = first["at"] - killed_at
-    print(f"\nnode loss: killed after epoch {seen_before_kill[-1]}, restarted from epoch {first['resumed_from']}, "
-          f"first epoch after restart {recovery_s:.1f} s after the kill")
+    print(f"\nnode loss ({workers} worker(s)): killed after epoch {seen_before_kill[-1]}, restarted from epoch "
+          f"{first['resumed_from']}, first epoch after restart {recovery_s:.1f} s after the kill")
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("node_loss").experiment_id
@@ -173,11 +187,14 @@ base:
   data: {path: "synthetic:1200", val_fraction: 0.25}
   model: {name: wrn_std, depth: 10, width: 1}
   train: {epochs: 2, batch_size: 32}
-  scaling: {workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.5}
+  scaling: {workers: 1, cpus_per_worker: 0.25, trial_cpus: 0.5}
 runs:
   - name: first
-  - name: second
+  - name: solo
     train.epochs: 6
+  - name: ddp
+    train.epochs: 6
+    scaling.workers: 2
 """
 
 
@@ -252,7 +269,11 @@ def cmdline(pid: int) -> str:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_killed_driver_resumes_the_grid_and_its_mlflow_runs(short_dir):
+def test_killed_driver_resumes_the_grid_and_loses_no_epoch(short_dir):
+    """SIGKILL the driver at a random epoch of the DDP trial (the 1-worker `solo` trains beside it), then
+    `--resume`: finished trials are not run again, unfinished ones continue from their last committed
+    checkpoint, and every trial's MLflow history is exactly epochs 1..E: the epochs whose results the
+    killed driver never received come back from the history the trial wrote beside its checkpoints."""
     from mlflow import MlflowClient
 
     spec = write_spec(short_dir, KILLED)
@@ -260,47 +281,43 @@ def test_killed_driver_resumes_the_grid_and_its_mlflow_runs(short_dir):
     # RAY_TMPDIR: this driver's local Ray keeps to its own folder and never finds another cluster's address
     env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": f"{short_dir}/t"}
     env.pop("RAY_ADDRESS", None)
-    args = ["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "1",
+    args = ["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "2",
             "--no-register"]
+    kill_at = random.randint(1, 4)
     first = Driver(args, short_dir, env)
     try:
         first.wait_for("[first] started", 120)
         dashboards = [cmdline(p) for p in first.session() if "dashboard/dashboard.py" in cmdline(p)]
         assert dashboards and all("--host=127.0.0.1" in c for c in dashboards), dashboards  # loopback only
         first.wait_for("[first] finished", 180)
-        first.wait_for("[second] epoch 1/6", 180)
+        first.wait_for(f"[ddp] epoch {kill_at}/6", 240)
     finally:
         first.kill()  # SIGKILL: no handler runs, MLflow runs stay RUNNING, Tune's state is what it saved
-    before = [int(e) for e in re.findall(r"\[second\] epoch (\d)/6", first.text)]
+    print(f"\nkilled the driver after epoch {kill_at} of the DDP trial")
 
-    again = Driver([*args[:1], args[1], "--resume", *args[2:]], short_dir, env)
+    again = Driver([*args[:2], "--resume", *args[2:]], short_dir, env)
     code = again.finish(300)
     out = again.text
     assert code == 0, out[-5000:]
     assert "[first]" not in out  # finished before the kill: not run again
-    resumed = re.search(r"\[second\] resumed from its epoch-(\d) checkpoint", out)
-    assert resumed, out[-5000:]
-    checkpoint = int(resumed.group(1))
-    assert checkpoint >= max(before) >= 1  # the last committed checkpoint, not the start
-    print(f"\nkilled driver: second trial killed after epoch {max(before)}/6, resumed from epoch {checkpoint}")
-    for epoch in range(1, 7):
-        assert (f"[second] epoch {epoch}/6" in out) == (epoch > checkpoint), out[-3000:]
+    assert re.search(r"\[ddp\] resumed from its epoch-(\d) checkpoint", out), out[-5000:]
     experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("killed_driver-"))
     with open(f"{short_dir}/results/{experiment}/results.csv") as fh:
         rows = {r["trial"]: r for r in csv.DictReader(fh)}
-    assert {k: (r["status"], r["epochs"]) for k, r in rows.items()} == {"first": ("FINISHED", "2"),
-                                                                        "second": ("FINISHED", "6")}
+    assert {k: (r["status"], r["epochs"]) for k, r in rows.items()} == {
+        "first": ("FINISHED", "2"), "solo": ("FINISHED", "6"), "ddp": ("FINISHED", "6")}
 
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("killed_driver").experiment_id
     runs = client.search_runs([experiment_id])
     parents = [r for r in runs if r.data.tags.get("runner.kind") == "parent"]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("runner.kind") == "trial"}
-    assert len(parents) == 1 and len(runs) == 3  # the first attempt's runs were reused, not duplicated
+    assert len(parents) == 1 and len(runs) == 4  # the first attempt's runs were reused, not duplicated
     assert {r.info.status for r in runs} == {"FINISHED"}
-    for name, epochs in (("first", 2), ("second", 6)):
-        history = client.get_metric_history(children[name].info.run_id, "val_acc")
-        assert [m.step for m in history] == list(range(1, epochs + 1))
+    for name, epochs in (("first", 2), ("solo", 6), ("ddp", 6)):
+        for key in ("val_acc", "train_loss"):
+            history = client.get_metric_history(children[name].info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1)), (name, key, history)
 
 
 # ---------------------------------------------------------------- 3. the tracking server down
@@ -334,22 +351,72 @@ def test_unreachable_mlflow_fails_fast_before_anything_starts(short_dir, monkeyp
     assert ray is None or not ray.is_initialized()
 
 
+OUTAGE = """
+name: outage_grid
+base:
+  data: {path: "synthetic:1200", val_fraction: 0.25}
+  model: {name: wrn_std, depth: 10, width: 1}
+  train: {epochs: 6, batch_size: 32}
+  scaling: {workers: 1, cpus_per_worker: 0.25, trial_cpus: 0.5}
+runs:
+  - name: solo
+  - name: ddp
+    scaling.workers: 2
+"""
+
+
+class BlackHole:
+    """A listener on `port` that accepts connections and never answers (a hung server, a firewall that
+    drops replies). `close()` ends it and every connection it accepted (the client sees a reset)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_mlflow_outage_during_a_grid_loses_no_metric(mlflow_server, short_dir):  # noqa: ANN001 - conftest's server
+@pytest.mark.timeout(480)
+def test_mlflow_outage_of_either_kind_stalls_no_trial_and_loses_no_write(mlflow_server, short_dir):  # noqa: ANN001
+    """Refused connections, then a listener that accepts and never answers (each request would wait 600 s):
+    both trial paths keep training, the outage is reported once with the URI's credentials masked, and every
+    buffered write lands when the server is back."""
     from mlflow import MlflowClient
 
-    spec = write_spec(short_dir, ONE_TRIAL.format(name="outage_grid"))
-    env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": mlflow_server.uri, "RAY_TMPDIR": f"{short_dir}/t"}
+    spec = write_spec(short_dir, OUTAGE)
+    uri = mlflow_server.uri.replace("http://", "http://ann:s3cret@")
+    env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": f"{short_dir}/t",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "600"}
     env.pop("RAY_ADDRESS", None)
     driver = Driver(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--no-register"],
                     short_dir, env)
     try:
-        driver.wait_for("[only] epoch 1/6", 180)
+        driver.wait_for("[solo] epoch 1/6", 180)
         mlflow_server.stop()
         try:
-            driver.wait_for("[only] epoch 3/6", 60)  # epochs 2 and 3 reported while the server is down
+            driver.wait_for("[solo] epoch 2/6", 60)  # refused meanwhile
+            hole = BlackHole(mlflow_server.port)
+            try:  # a request to it waits 600 s: had Tune waited on MLflow, no epoch would come now
+                driver.wait_for("[solo] epoch 4/6", 120)
+            finally:
+                hole.close()
         finally:
             mlflow_server.start()
         code = driver.finish(240)
@@ -357,16 +424,94 @@ def test_mlflow_outage_during_a_grid_loses_no_metric(mlflow_server, short_dir): 
         driver.kill()
     out = driver.text
     assert code == 0, out[-5000:]
-    assert "unreachable" in out and "buffering writes" in out and "buffered writes delivered" in out
+    assert out.count("unreachable") == 1 and "buffered writes delivered" in out, out[-5000:]
+    assert f"MLflow at {mlflow_server.uri.replace('http://', 'http://***@')} unreachable" in out
+    assert "s3cret" not in out
 
     client = MlflowClient(mlflow_server.uri)
-    experiment_id = client.get_experiment_by_name("outage_grid").experiment_id
-    runs = client.search_runs([experiment_id])
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    child = next(r for r in runs if r.data.tags.get("runner.kind") == "trial")
-    for key in ("val_acc", "train_loss", "lr"):
-        assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4, 5, 6]
-    assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")} == {"checkpoint/state.pt"}
+    runs = client.search_runs([client.get_experiment_by_name("outage_grid").experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    for child in (r for r in runs if r.data.tags.get("runner.kind") == "trial"):
+        for key in ("val_acc", "train_loss", "lr"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4, 5, 6]
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")} == {"checkpoint/state.pt"}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_mlflow_that_never_comes_back_still_ends_the_grid_with_its_results(mlflow_server, short_dir):  # noqa: ANN001
+    spec = write_spec(short_dir, ONE_TRIAL.format(name="never_back").replace("epochs: 6", "epochs: 3"))
+    env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": mlflow_server.uri, "RAY_TMPDIR": f"{short_dir}/t"}
+    env.pop("RAY_ADDRESS", None)
+    driver = Driver(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--tracking-wait", "5"],
+                    short_dir, env)
+    try:
+        driver.wait_for("[only] epoch 1/3", 180)
+        mlflow_server.stop()
+        try:
+            code = driver.finish(180)
+        finally:
+            mlflow_server.start()
+    finally:
+        driver.kill()
+    out = driver.text
+    assert code == 1, out[-5000:]  # the grid finished; its record in MLflow did not
+    assert "runner: error: tracking incomplete" in out and "nothing was registered" in out, out[-3000:]
+    assert "[only] finished" in out
+    experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("never_back-"))
+    with open(f"{short_dir}/results/{experiment}/results.csv") as fh:
+        assert [(r["trial"], r["status"], r["epochs"]) for r in csv.DictReader(fh)] == [("only", "FINISHED", "3")]
+
+
+def test_a_full_disk_while_staging_one_trials_artifacts_marks_its_run_and_the_next_best_is_registered(
+        tmp_path, monkeypatch):
+    """The driver stages a trial's checkpoint before uploading it; ENOSPC there ends that trial's run with
+    an `artifact_error` tag, the others are unaffected, and registration takes the next best, saying so."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from runner import spec as specs
+    from runner.core import checkpoint, train
+    from runner.data import load_trial_data
+    from runner.tracking import registry
+    from runner.tracking.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    real_copy = shutil.copy2
+
+    def disk_full_for_best(source: str, target: str, **kwargs: object) -> object:
+        if "best" in str(source) and str(source).endswith("state.pt"):
+            raise OSError(28, "No space left on device")
+        return real_copy(source, target, **kwargs)
+
+    cfg = specs.trial_config({"data.path": "synthetic:300", "model.name": "wrn_std", "model.depth": 10,
+                              "model.width": 1, "train.epochs": 1, "train.batch_size": 32})
+    meta, train_split, val_split = load_trial_data(cfg["data"], seed=0)
+    trained = []
+    train.fit(cfg, train_split, val_split, meta.classes, lambda m, state: trained.append(state()))
+    with Tracker("disk_full", uri, staging_dir=tmp_path) as tracker:
+        tracker.start_parent()
+        for name, acc in (("best", 0.9), ("next", 0.5)):  # a real checkpoint; the grid's verdict on it, given
+            state = {**trained[-1], "metrics": {**trained[-1]["metrics"], "val_acc": acc, "best_val_acc": acc}}
+            checkpoint.save(state, tmp_path / name)
+            run = tracker.start_trial(name, name, cfg)
+            tracker.log_epoch(run, state["metrics"])
+            monkeypatch.setattr(shutil, "copy2", disk_full_for_best)
+            tracker.finish_trial(run, "FINISHED", tmp_path / name)
+            monkeypatch.setattr(shutil, "copy2", real_copy)
+        tracker.finish_parent()
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("disk_full").experiment_id])}
+    assert runs["best"].info.status == "FINISHED" and "No space left" in runs["best"].data.tags["artifact_error"]
+    assert client.list_artifacts(runs["best"].info.run_id, "checkpoint") == []
+    assert runs["best"].data.metrics["best_val_acc"] > runs["next"].data.metrics["best_val_acc"]
+    outcome = registry.register_best("disk_full", name="disk_full")
+    assert outcome.trial == "next"
+    assert "best has the best val_acc but no checkpoint/state.pt artifact" in outcome.message
+    assert "took the next best" in outcome.message
 
 
 # ---------------------------------------------------------------- 5. writers killed mid-write

@@ -172,58 +172,64 @@ def ray_cli(head: RayHead, *args: str, timeout_s: float = 60, **extra_env: str) 
     )
 
 
+@pytest.fixture(scope="module")
+def head() -> RayHead:
+    """One `ray start --head` for this module's jobs (its start-up is ~12 s)."""
+    with RayHead(num_cpus=2) as started:
+        yield started
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_job_submit_runs_smoke_spec_and_tracks_it(tmp_path):
+def test_job_submit_runs_smoke_spec_and_tracks_it(head, tmp_path):
     import mlflow  # only the result check needs it, after the job
 
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"  # outlives the head's temp dir, which stop() removes
-    with RayHead(num_cpus=2) as head:
-        runtime_env = {"excludes": EXCLUDES, "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
-        submission_id = f"smoke-{secrets.token_hex(4)}"
+    runtime_env = {"excludes": EXCLUDES, "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
+    submission_id = f"smoke-{secrets.token_hex(4)}"
 
-        # Without RAY_AUTH_MODE=token an explicit-address client is refused (the trap the docs warn of).
-        refused = ray_cli(head, "job", "list", "--address", head.dashboard_url, RAY_AUTH_MODE="disabled")
-        assert refused.returncode != 0, refused.stdout
+    # Without RAY_AUTH_MODE=token an explicit-address client is refused (the trap the docs warn of).
+    refused = ray_cli(head, "job", "list", "--address", head.dashboard_url, RAY_AUTH_MODE="disabled")
+    assert refused.returncode != 0, refused.stdout
 
-        started = time.monotonic()
-        submitted = ray_cli(
-            head,
-            "job",
-            "submit",
-            "--address",
-            head.dashboard_url,
-            "--submission-id",
-            submission_id,
-            "--working-dir",
-            ".",
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            "runner",
-            "run",
-            "experiments/smoke.yaml",
-            "--storage",
-            str(tmp_path / "results"),
-            "--no-register",
-            timeout_s=480,
-        )
-        elapsed = time.monotonic() - started
-        output = submitted.stdout + submitted.stderr
-        status = ray_cli(head, "job", "status", "--address", head.dashboard_url, submission_id)
-        assert submitted.returncode == 0, f"job failed after {elapsed:.0f} s:\n{output[-6000:]}"
-        assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
+    started = time.monotonic()
+    submitted = ray_cli(
+        head,
+        "job",
+        "submit",
+        "--address",
+        head.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "runner",
+        "run",
+        "experiments/smoke.yaml",
+        "--storage",
+        str(tmp_path / "results"),
+        "--no-register",
+        timeout_s=480,
+    )
+    elapsed = time.monotonic() - started
+    output = submitted.stdout + submitted.stderr
+    status = ray_cli(head, "job", "status", "--address", head.dashboard_url, submission_id)
+    assert submitted.returncode == 0, f"job failed after {elapsed:.0f} s:\n{output[-6000:]}"
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
-        # What the cluster received: the unpacked working_dir package in the head's session dir.
-        package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output)
-        assert package, output[-3000:]
-        unpacked = head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files" / package.group(1)
-        files = [f for f in unpacked.rglob("*") if f.is_file()]
-        size_mib = sum(f.stat().st_size for f in files) / 2**20
-        assert files and size_mib < UPLOAD_LIMIT_MIB, f"{unpacked}: {len(files)} files, {size_mib:.1f} MiB"
-        assert not {".git", ".venv", "mlruns", "data", "results"} & {p.name for p in unpacked.iterdir()}
-        print(f"job {submission_id}: SUCCEEDED in {elapsed:.0f} s; uploaded {len(files)} files, {size_mib:.2f} MiB")
+    # What the cluster received: the unpacked working_dir package in the head's session dir.
+    package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output)
+    assert package, output[-3000:]
+    unpacked = head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files" / package.group(1)
+    files = [f for f in unpacked.rglob("*") if f.is_file()]
+    size_mib = sum(f.stat().st_size for f in files) / 2**20
+    assert files and size_mib < UPLOAD_LIMIT_MIB, f"{unpacked}: {len(files)} files, {size_mib:.1f} MiB"
+    assert not {".git", ".venv", "mlruns", "data", "results"} & {p.name for p in unpacked.iterdir()}
+    print(f"job {submission_id}: SUCCEEDED in {elapsed:.0f} s; uploaded {len(files)} files, {size_mib:.2f} MiB")
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
@@ -239,3 +245,44 @@ def test_job_submit_runs_smoke_spec_and_tracks_it(tmp_path):
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         history = client.get_metric_history(child.info.run_id, "val_acc")
         assert len({m.step for m in history}) == 3, (child.info.run_name, history)  # smoke: 3 epochs
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_job_stop_ends_the_runs_killed(head, tmp_path):
+    """`ray job stop` sends SIGTERM: the runner ends the grid KILLED, writes results.csv, registers nothing.
+    Ray SIGKILLs RAY_JOB_STOP_WAIT_TIME_S (default 3 s) after the SIGTERM; docs/cluster.md has users pass a
+    longer wait in the runtime env, as here."""
+    import mlflow
+
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runtime_env = {"excludes": EXCLUDES, "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri,
+                                                      "RAY_JOB_STOP_WAIT_TIME_S": "30"}}
+    submission_id = f"stop-{secrets.token_hex(4)}"
+    submitted = ray_cli(head, "job", "submit", "--address", head.dashboard_url, "--submission-id", submission_id,
+                        "--no-wait", "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
+                        "runner", "run", "experiments/smoke.yaml", "--epochs", "30", "--storage",
+                        str(tmp_path / "results"), timeout_s=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline = time.monotonic() + 300
+    while "epoch 2/30" not in (logs := ray_cli(head, "job", "logs", "--address", head.dashboard_url,
+                                               submission_id).stdout):
+        assert time.monotonic() < deadline, logs[-4000:]
+        time.sleep(2)
+    stopped = ray_cli(head, "job", "stop", "--address", head.dashboard_url, submission_id, timeout_s=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    status = ray_cli(head, "job", "status", "--address", head.dashboard_url, submission_id)
+    logs = ray_cli(head, "job", "logs", "--address", head.dashboard_url, submission_id).stdout
+    assert "STOPPED" in status.stdout + status.stderr, status.stdout + status.stderr
+    assert "runner: interrupted by SIGTERM" in logs and "--resume smoke-" in logs, logs[-4000:]
+
+    experiment = next((tmp_path / "results").glob("smoke-*"))
+    assert (experiment / "results.csv").read_text().count("\n") == 4  # the header and every trial
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "KILLED"
+    assert "RUNNING" not in {r.info.status for r in runs} and "KILLED" in {
+        r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert client.search_registered_models() == []

@@ -34,9 +34,32 @@ def test_requested_concurrency_beyond_the_cluster_is_refused():
 def test_fractional_gpus_pack_trials_onto_one_gpu():
     half = need(1, 1, 1, 0.5)
     assert plan_concurrency([half] * 4, {"CPU": 16.0, "GPU": 1.0}) == 2
-    with pytest.raises(ResourceError, match="1 workers x 0.5 GPU = 0.5 GPU"):
+    with pytest.raises(ResourceError, match=r"1 process: 1 trial CPU \+ 1 worker CPU = 2 CPU, 0.5 GPU"):
         plan_concurrency([half], {"CPU": 16.0})
+    with pytest.raises(ResourceError, match="2 workers x 0.5 GPU = 1 GPU"):
+        plan_concurrency([need(1, 2, 1, 0.5)], {"CPU": 16.0})
     assert plan_concurrency([need(1, 4, 1, 1)] * 8, {"CPU": 64.0, "GPU": 8.0}) == 2
+
+
+def test_each_path_requests_its_real_processes_and_the_arithmetic_counts_those_requests():
+    # one worker: the trial trains in its own process, which holds the worker's share (one bundle)
+    solo = need(0.5, 1, 0.25, 0.5)
+    assert solo.in_process and solo.bundles() == [{"CPU": 0.75, "GPU": 0.5}]
+    assert solo.trial_bundle("trial_driver") == {"CPU": 0.75, "GPU": 0.5}  # trains where the GPUs are
+    # DDP: the trial process drives a TorchTrainer; each worker holds its own bundle
+    ddp = need(0.5, 2, 0.25, 1.0)
+    assert not ddp.in_process and ddp.trial_bundle() == {"CPU": 0.5}
+    assert ddp.trial_bundle("trial_driver") == {"CPU": 0.5, "trial_driver": 0.001}  # pinned: its loss is the trial's
+    assert ddp.worker_bundle() == {"CPU": 0.25, "GPU": 1.0}
+    assert ddp.bundles() == [{"CPU": 0.5}] + [ddp.worker_bundle()] * 2
+    for n in (solo, ddp):  # the arithmetic is the sum of exactly what is requested
+        assert n.cpus == sum(b["CPU"] for b in n.bundles()) and n.gpus == sum(b.get("GPU", 0) for b in n.bundles())
+
+
+@pytest.mark.parametrize("requested", [0, -1])
+def test_a_concurrency_below_one_is_refused_not_hung(requested):
+    with pytest.raises(ResourceError, match=f"--max-concurrent {requested}: must be at least 1"):
+        plan_concurrency([need(0.5, 1, 0.5)], {"CPU": 2.0}, requested=requested)
 
 
 def test_autoscaling_capacity_counts_what_the_autoscaler_may_add():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from runner import cli
 from runner.tracking import liveness, queries
 from runner.tracking.connection import TrackingError
-from runner.tracking.tracker import Tracker, install_signal_handlers
+from runner.tracking.tracker import Tracker
 
 CLASSES = [f"c{i}" for i in range(10)]
 
@@ -227,21 +226,6 @@ def test_the_heartbeat_keeps_the_parent_fresh(tracking_uri: str) -> None:
     finally:
         beat.stop()
     assert abs(int(client.get_run(run_id).data.tags[liveness.HEARTBEAT]) - time.time()) < 60
-
-
-def test_sigterm_ends_runs_killed(tracking_uri: str) -> None:
-    seen = []
-    previous = signal.signal(signal.SIGTERM, lambda sig, frame: seen.append(sig))  # stands in for the default
-    try:
-        tracker = Tracker("m1", tracking_uri)
-        runs = [tracker.start_parent(), tracker.start_trial("t0", "row-0", config(0.1))]
-        install_signal_handlers(tracker)
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert seen == [signal.SIGTERM]  # handed on to the previous handler
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    client = MlflowClient(tracking_uri)
-    assert {client.get_run(r).info.status for r in runs} == {"KILLED"}
 
 
 def test_resume_reuses_parent_and_child_without_duplicate_steps(tracking_uri: str, tmp_path: Path) -> None:

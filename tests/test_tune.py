@@ -41,35 +41,73 @@ grid:
   optimizer.lr: [0.05, 0.1]
 """
 
+BOTH_PATHS = """
+name: both_paths
+base:
+  data: {path: "synthetic:400", val_fraction: 0.25}
+  model: {name: wrn_std, depth: 10, width: 1}
+  train: {epochs: 3, batch_size: 32}
+  scaling: {workers: 1, cpus_per_worker: 0.25, trial_cpus: 0.5}
+  checkpoint: {keep: 1}
+runs:
+  - name: solo
+  - name: ddp
+    scaling.workers: 2
+  - name: solo-lr
+    optimizer.lr: 0.2
+"""
+
+
+def results_csv(root: str, prefix: str) -> list[dict]:
+    experiment = next(d for d in os.listdir(root) if d.startswith(prefix))
+    with open(f"{root}/{experiment}/results.csv") as fh:
+        return list(csv.DictReader(fh))
+
 
 @pytest.mark.timeout(400)
-def test_grid_of_two_trials_with_two_ddp_workers_each(short_dir):
-    spec = write_spec(short_dir, GRID)
+def test_both_trial_paths_give_the_same_metrics_checkpoints_and_runs(short_dir):
+    """A 1-worker trial trains in its Tune trial process, a 2-worker one is a TorchTrainer of DDP workers:
+    the same progress lines, results rows, MLflow runs, artifacts and checkpoint retention."""
+    spec = write_spec(short_dir, BOTH_PATHS)
     uri = f"sqlite:///{short_dir}/mlflow.db"
     done = runner(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--no-register"],
                   cwd=short_dir, timeout=380, MLFLOW_TRACKING_URI=uri)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "2 trial(s), 2 at a time" in out
-    for lr in ("lr=0.05", "lr=0.1"):
-        assert f"[{lr}] epoch 1/2" in out and f"[{lr}] epoch 2/2" in out
-    experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("tiny_grid-"))
-    with open(f"{short_dir}/results/{experiment}/results.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert sorted(r["trial"] for r in rows) == ["lr=0.05", "lr=0.1"]
-    assert all(r["status"] == "FINISHED" and r["epochs"] == "2" for r in rows)
+    for name in ("solo", "ddp", "solo-lr"):
+        assert all(f"[{name}] epoch {e}/3" in out for e in (1, 2, 3)) and f"[{name}] finished" in out, out[-3000:]
+    noise = done.stdout + done.stderr
+    assert "Reporting training result" not in noise and "Checkpoint successfully created" not in noise
+    rows = {r["trial"]: r for r in results_csv(f"{short_dir}/results", "both_paths-")}
+    assert {n: (r["status"], r["epochs"]) for n, r in rows.items()} == {n: ("FINISHED", "3") for n in rows}
+    # the varied columns are filled on every row, also where a row keeps the base value
+    assert [(rows[n]["optimizer.lr"], rows[n]["scaling.workers"]) for n in ("solo", "ddp", "solo-lr")] == [
+        ("0.1", "1"), ("0.1", "2"), ("0.2", "1")]
 
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name("tiny_grid").experiment_id
-    runs = client.search_runs([experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 2 and len(runs) == 3
-    for child in children:
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
-        assert child.data.metrics["workers"] == 2 and child.data.metrics["batch_per_worker"] == 16
-        assert child.info.status == "FINISHED"
+    experiment_id = client.get_experiment_by_name("both_paths").experiment_id
+    children = {r.info.run_name: r for r in client.search_runs([experiment_id]) if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == ["ddp", "solo", "solo-lr"]
+    for name, child in children.items():
+        run_id = child.info.run_id
+        assert child.info.status == "FINISHED" and child.data.tags["status"] == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]
+        assert child.data.metrics["workers"] == (2 if name == "ddp" else 1)
+        assert child.data.metrics["best_val_acc"] == max(m.value for m in client.get_metric_history(run_id, "val_acc"))
+        files = {a.path for folder in ("config", "plots", "checkpoint") for a in client.list_artifacts(run_id, folder)}
+        assert files == {"config/resolved.yaml", "plots/curves.png", "plots/confusion.png", "checkpoint/state.pt"}
+    # checkpoint.keep 1: the best one (plus the latest, which Tune and Train always keep), on both paths
+    experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("both_paths-"))
+    holders = 0
+    for folder, subfolders, _ in os.walk(f"{short_dir}/results/{experiment}"):
+        kept = [n for n in subfolders if n.startswith("checkpoint_")]
+        if kept:
+            holders += 1
+            assert len(kept) <= 2, (folder, kept)
+            assert all({"state.pt", "history.json"} <= set(os.listdir(f"{folder}/{k}")) for k in kept)
+    assert holders == 3  # two in-process trials' folders, one Train run
 
 
 @pytest.mark.timeout(300)
@@ -80,6 +118,67 @@ def test_unplaceable_grid_is_refused_with_the_arithmetic_not_hung(short_dir):
                   cwd=short_dir, timeout=240, MLFLOW_TRACKING_URI=f"sqlite:///{short_dir}/mlflow.db")
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 trial CPU + 2 workers x 1 CPU = 3 CPU" in done.stderr and "2 CPU" in done.stderr
+    # refused before MLflow is written: no store, no experiment, no run; and no results folder
+    assert not os.path.exists(f"{short_dir}/mlflow.db") and not os.path.exists(f"{short_dir}/results")
+
+
+@pytest.mark.timeout(300)
+def test_a_concurrency_the_cluster_cannot_place_is_refused_leaving_no_mlflow_run(short_dir):
+    spec = write_spec(short_dir, GRID)
+    done = runner(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "5"],
+                  cwd=short_dir, timeout=240, MLFLOW_TRACKING_URI=f"sqlite:///{short_dir}/mlflow.db")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "runner: error: --max-concurrent 5 cannot be placed" in done.stderr and "at most 2" in done.stderr
+    assert not os.path.exists(f"{short_dir}/mlflow.db") and not os.path.exists(f"{short_dir}/results")
+
+
+ASHA = """
+name: asha
+base:
+  data: {path: "synthetic:600", val_fraction: 0.25}
+  model: {name: wrn_std, depth: 10, width: 1}
+  optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+  train: {epochs: 3, batch_size: 32}
+  scaling: {workers: 1, cpus_per_worker: 0.25, trial_cpus: 0.5}
+runs:
+  # The two that learn run first (2 at a time), so ASHA has their first epoch when the two that cannot
+  # learn (lr 1e-7: chance level) reach it: those are stopped after one epoch, on both trial paths.
+  - name: good-solo
+  - name: good-ddp
+    scaling.workers: 2
+  - name: stuck-solo
+    optimizer.lr: 0.0000001
+  - name: stuck-ddp
+    optimizer.lr: 0.0000001
+    scaling.workers: 2
+"""
+
+
+@pytest.mark.timeout(500)
+def test_asha_stops_weak_trials_on_both_paths_and_every_trial_runs(short_dir):
+    spec = write_spec(short_dir, ASHA)
+    uri = f"sqlite:///{short_dir}/mlflow.db"
+    done = runner(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "2",
+                   "--scheduler", "asha", "--no-register"], cwd=short_dir, timeout=480, MLFLOW_TRACKING_URI=uri)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    rows = {r["trial"]: r for r in results_csv(f"{short_dir}/results", "asha-")}
+    assert sorted(rows) == ["good-ddp", "good-solo", "stuck-ddp", "stuck-solo"]  # every trial ran
+    assert {rows[n]["status"] for n in ("good-solo", "good-ddp")} == {"FINISHED"}
+    stopped = [n for n, r in rows.items() if r["status"] == "STOPPED"]
+    assert stopped and all(int(rows[n]["epochs"]) < 3 for n in stopped), rows
+    assert "FAILED" not in {r["status"] for r in rows.values()}
+    for name in stopped:
+        assert f"[{name}] stopped early by the scheduler after epoch" in done.stdout
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == sorted(rows)
+    assert {r.info.status for r in runs} == {"FINISHED"}  # the parent too: an early stop is not a failure
+    assert {children[n].data.tags["status"] for n in stopped} == {"STOPPED"}
 
 
 def _probe_worker(config: dict) -> None:
@@ -115,14 +214,15 @@ def _probe_worker(config: dict) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_ddp_ranks_end_with_identical_weights_and_split_the_batch(short_dir):
+def test_ddp_ranks_end_with_identical_weights_and_split_the_batch(short_dir, monkeypatch):
     import ray
     import ray.cloudpickle
     import ray.train
     import ray.train.torch
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    os.environ.update(ENV)
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
     ray.init(num_cpus=2, _temp_dir=short_dir, include_dashboard=False)
     try:
         overrides = {"data.path": "synthetic:300", "model.name": "wrn_std", "model.depth": 10,
@@ -144,14 +244,15 @@ def test_ddp_ranks_end_with_identical_weights_and_split_the_batch(short_dir):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir):
+def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
     from runner import spec
     from runner.tune import tuner
 
-    os.environ.update(ENV)
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
                                                             "object_store_memory": 100 * 2**20})
     for _ in range(2):

@@ -36,9 +36,18 @@ def resolve_tracking_uri(uri: str | None = None, root: str | os.PathLike = ".") 
 
 
 def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout_s: float = 3.0) -> MlflowClient:
-    """A client for `uri` that fails fast: an http(s) server is probed at `/health` first, and MLflow's
-    own HTTP retries (7, with backoff: minutes against a dead server) are turned off unless the user
-    set them, because this layer retries itself and must not stall the Tune driver."""
+    """A client for `uri` that fails fast (see `reach`). For sqlite this creates the file and its schema."""
+    uri = reach(uri, root, probe_timeout_s)
+    if uri.startswith("sqlite:///"):
+        _sqlite_file(uri).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def reach(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout_s: float = 3.0) -> str:
+    """Check that `uri` can be reached, writing nothing; returns the resolved URI. An http(s) server is
+    probed at `/health`, and MLflow's own HTTP retries (7, with backoff: minutes against a dead server)
+    are turned off unless the user set them, because this layer retries itself and must not stall the
+    Tune driver."""
     uri = resolve_tracking_uri(uri, root)
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -62,9 +71,7 @@ def connect(uri: str | None = None, root: str | os.PathLike = ".", probe_timeout
             raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(exc))}). Start it "
                                 "(`make ui`, or `mlflow server --host 127.0.0.1 --port ...`) or point "
                                 "MLFLOW_TRACKING_URI at a running one.") from exc
-    elif uri.startswith("sqlite:///"):
-        _sqlite_file(uri).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    return uri
 
 
 def _sqlite_file(uri: str) -> Path:

@@ -1,14 +1,18 @@
-"""The tracker's write queue: MLflow writes in order, buffered across outages.
+"""The tracker's write queue: MLflow writes in order, buffered across outages; and `Background`, the
+thread the Tune driver's MLflow bridge runs the tracker on.
 
 A write that fails because the server is briefly down stays queued and is retried with backoff on the
 next submit and at `flush`, so a short outage loses nothing; a write MLflow refuses outright (a bug in
 what we send) raises at once. A call whose answer is needed now (create a run, search) is retried
-until the outage timeout.
+until the outage timeout. An outage is reported once, when it starts, and once when it ends; URIs in
+every message have their credentials masked.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -88,3 +92,45 @@ class WriteQueue:
         self.last_error = exc
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, 15.0)
+
+
+class Background:
+    """Runs submitted calls in order on one daemon thread, so the caller (Tune's event loop, in the
+    driver) never waits on MLflow: not for a run to be created, a search, or a server that accepts
+    connections and never answers. A call that raises is recorded (`errors`) and the next one runs."""
+
+    def __init__(self, name: str) -> None:
+        self.errors: list[str] = []
+        self._calls: queue.Queue[tuple[str, Callable[[], Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, what: str, fn: Callable[[], Any]) -> None:
+        self._calls.put((what, fn))
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            what, fn = item
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - recorded and reported at the end; the grid goes on
+                message = redact(str(exc))  # MLflow's messages carry the request URL, credentials included
+                log.error("MLflow: %s failed: %s", what, message)
+                self.errors.append(f"{what}: {message}")
+            finally:
+                self._calls.task_done()
+        self._calls.task_done()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted call has run, at most `timeout_s`; True when they all have."""
+        deadline = time.monotonic() + timeout_s
+        with self._calls.all_tasks_done:
+            while self._calls.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._calls.all_tasks_done.wait(left):
+                    return not self._calls.unfinished_tasks
+        return True
+
+    def stop(self) -> None:
+        """End the thread after the calls already submitted (it is a daemon: a stuck call dies with the process)."""
+        self._calls.put(None)

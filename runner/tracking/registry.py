@@ -37,8 +37,9 @@ SUBMISSION_TAG = "runner.submission."  # + the CSV's digest; value: its file nam
 DIGEST_CHARS = 16
 
 
-class RegistryError(RuntimeError):
-    """Nothing registrable (no finished in-budget trial), or a run/model that cannot be used."""
+class RegistryError(ValueError):
+    """Nothing registrable (no finished in-budget trial), or a run/model that cannot be used: a refused
+    request, so a ValueError like every user-facing error (`runner: error: ...`, exit status 2)."""
 
 
 @dataclass
@@ -84,7 +85,8 @@ def pick_best(runs: list, metric: str) -> tuple[Any, str]:
     """The best FINISHED, within-budget run with the metric; the note names any better over-budget trial."""
     finished = [r for r in runs if r.info.status == "FINISHED" and run_value(r, metric) is not None]
     if not finished:
-        raise RegistryError(f"no FINISHED trial has metric {metric!r}; nothing to register")
+        raise RegistryError(f"no FINISHED trial has metric {metric!r}, so nothing can be registered; finish a "
+                            "trial first (`runner run SPEC`, or `runner run SPEC --resume` for an interrupted run)")
     sign = 1 if _higher_is_better(metric) else -1
     finished.sort(key=lambda r: sign * run_value(r, metric), reverse=True)
     within = [r for r in finished if r.data.tags.get("within_budget") == "true"]
@@ -110,8 +112,24 @@ def register_best(experiment_name: str, *, parent_run_id: str | None = None, met
     `name` (default: the spec's name, as `runner run` does)."""
     client, _ = _client(tracking_uri)
     runs = queries.trial_runs(client, experiment_name, parent_run_id)
-    best, note = pick_best(runs, metric)
+    missing: list[str] = []  # better trials without their checkpoint artifact (e.g. staging hit a full disk)
+    while True:
+        try:
+            best, note = pick_best(runs, metric)
+        except RegistryError as exc:
+            raise RegistryError(f"{experiment_name}: {exc}{'; ' + '; '.join(missing) if missing else ''}") from exc
+        if _has_checkpoint(client, best):
+            break
+        missing.append(f"{best.info.run_name} has the best {metric} but no {CHECKPOINT_ARTIFACT} artifact")
+        runs = [r for r in runs if r.info.run_id != best.info.run_id]
+    note = "; ".join([*[m + ": took the next best" for m in missing], *([note] if note else [])])
     return _register(client, best, metric, name or experiment_name, alias, note)
+
+
+def _has_checkpoint(client: MlflowClient, run: Any) -> bool:
+    """Whether the run holds its checkpoint artifact (submissions on a GPU and old runs build from it)."""
+    folder = CHECKPOINT_ARTIFACT.rsplit("/", 1)[0]
+    return any(a.path == CHECKPOINT_ARTIFACT for a in client.list_artifacts(run.info.run_id, folder))
 
 
 def register_run(run_id: str, *, metric: str = "val_acc", name: str | None = None,

@@ -6,7 +6,7 @@ per-epoch metrics at `step=epoch`, artifacts `config/resolved.yaml`, `plots/{cur
 `checkpoint/state.pt` (less its optimizer state), its data set as a run input, its best checkpoint as a logged model
 (`runner.tracking.pyfunc`) and its cost (`runner.cost`); the parent gets `results/results.{csv,md}`
 and the summed cost. Writes go through the
-`WriteQueue`. Runs are never left RUNNING: `close(status)`, `install_signal_handlers`, and
+`WriteQueue`. Runs are never left RUNNING: `close(status)`, an interrupted `runner run` (runner.tune.interrupts), and
 `runner mlflow reconcile` (runner.tracking.queries) for runs whose driver was SIGKILLed.
 """
 
@@ -16,11 +16,10 @@ import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from runner import cost, report
 from runner.masking import flatten_params, mask_secrets, redact
 from runner.resources import TrialNeed, need_of
 from runner.tracking import liveness
-from runner.tracking.connection import TrackingError, connect, ensure_experiment, quote, resolve_tracking_uri
+from runner.tracking.connection import TrackingError, connect, ensure_experiment, quote, reach
 from runner.tracking.provenance import DataSets, invocation_tags
 from runner.tracking.queue import WriteQueue
 
@@ -42,6 +41,9 @@ NOT_METRICS = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "
                "time_since_restore", "iterations_since_restore", "timesteps_total", "done",
                "episodes_total", "timesteps_since_restore"}
 SUMMARY = ("train_loss", "train_acc", "val_loss", "val_acc")  # logged as best_<key> at the best epoch
+# A trial's status (tag `status`, the results table) -> its MLflow run status. STOPPED: a scheduler (ASHA)
+# ended it early, by design; MLflow has no such status, and the run did end normally.
+RUN_STATUS = {"FINISHED": "FINISHED", "STOPPED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED"}
 
 
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -58,16 +60,15 @@ class Tracker:
                  outage_timeout_s: float = 300.0, probe_timeout_s: float = 3.0,
                  staging_dir: str | os.PathLike | None = None, datasets: Mapping[str, Any] | None = None) -> None:
         """`datasets`: data path -> `runner.data.Meta` already read by the caller (read here otherwise)."""
-        uri = resolve_tracking_uri(tracking_uri, root)
-        self.client = connect(uri, root, probe_timeout_s)
-        self.uri = redact(uri)  # for messages only; the client keeps the real one
+        # Reached now (an unreachable server fails here, in seconds), written to only from start_parent:
+        # a run refused after this point (e.g. by the resource check) leaves no experiment, run or file.
+        self._uri = reach(tracking_uri, root, probe_timeout_s)
+        self._root = root
+        self._client: Any = None
+        self.uri = redact(self._uri)  # for messages only; the client keeps the real one
         self.outage_timeout_s = outage_timeout_s
-        try:
-            self.experiment_id = ensure_experiment(self.client, experiment_name)
-        except Exception as exc:
-            raise TrackingError(f"MLflow at {self.uri}: cannot open experiment {experiment_name!r}: "
-                                f"{redact(str(exc))}") from exc
         self.experiment_name = experiment_name
+        self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.invocation_id: str | None = None
         self._heartbeat: liveness.Heartbeat | None = None  # for `runner mlflow reconcile`
@@ -78,8 +79,31 @@ class Tracker:
         self._datasets = DataSets(datasets)
         self._trials: dict[str, tuple[float, TrialNeed | None, Any]] = {}  # run id -> (start, need, data set)
         self._queue = WriteQueue(self.uri, outage_timeout_s)
-        # artifacts wait here until uploaded (a queued upload must survive its source being deleted)
-        self._staging = Path(tempfile.mkdtemp(prefix="runner-mlflow-", dir=staging_dir))
+        self._staging_dir = staging_dir
+        self._staged: Path | None = None
+
+    @property
+    def client(self) -> Any:
+        """The MlflowClient, created on first use (for sqlite, creating the client creates the file)."""
+        if self._client is None:
+            self._client = connect(self._uri, self._root)
+        return self._client
+
+    @property
+    def _staging(self) -> Path:
+        """Artifacts wait here until uploaded (a queued upload must survive its source being deleted)."""
+        if self._staged is None:
+            self._staged = Path(tempfile.mkdtemp(prefix="runner-mlflow-", dir=self._staging_dir))
+        return self._staged
+
+    def _open_experiment(self) -> str:
+        if self.experiment_id is None:
+            name = self.experiment_name
+            try:
+                self.experiment_id = self._queue.call("open experiment", lambda: ensure_experiment(self.client, name))
+            except TrackingError as exc:
+                raise TrackingError(f"MLflow at {self.uri}: cannot open experiment {name!r}: {exc}") from exc
+        return self.experiment_id
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Retry queued writes until all are delivered or `timeout_s` passes; returns how many are left."""
@@ -96,6 +120,7 @@ class Tracker:
                      tags: Mapping[str, str] | None = None) -> str:
         """The invocation's parent run. With `resume`, reuse the parent tagged `invocation_id` (or, with
         no id, the latest parent of this experiment) so `runner run --resume` continues its runs."""
+        self._open_experiment()
         found = None
         if resume:
             where = "tags.`runner.kind` = 'parent'"
@@ -118,6 +143,12 @@ class Tracker:
         self._heartbeat = liveness.Heartbeat(self.client, self.parent_run_id)
         self._open[self.parent_run_id] = ""
         return self.parent_run_id
+
+    def trial_run(self, trial_id: str) -> tuple[str, str] | None:
+        """(run id, MLflow status) of this invocation's run for `trial_id`, if it has one."""
+        found = self._find(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id or '')} and "
+                           f"tags.`runner.trial_id` = {quote(trial_id)}")
+        return None if found is None else (found.info.run_id, found.info.status)
 
     def start_trial(self, trial_id: str, name: str, config: Mapping[str, Any], *,
                     tags: Mapping[str, Any] | None = None, reported: Mapping[str, Any] | None = None) -> str:
@@ -208,7 +239,8 @@ class Tracker:
     def finish_trial(self, run_id: str, status: str = "FINISHED", checkpoint: str | os.PathLike | None = None,
                      history: Mapping[int, Mapping[str, float]] | None = None) -> dict:
         """End a trial's run: summary metrics at the best checkpoint, tags, plots, the checkpoint file.
-        Returns the trial's results row."""
+        `status` is one of RUN_STATUS (STOPPED: ended early by a scheduler). Returns the trial's results row.
+        A failure to stage an artifact (a full disk) is tagged on the run (`artifact_error`); the run still ends."""
         history = dict(history or self._history.get(run_id, {}))
         row = self._rows.setdefault(run_id, {"trial": run_id, "run_id": run_id, "reported": {}})
         tags = {"status": status}
@@ -219,8 +251,7 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not take the grid's driver down
             log.warning("trial %s: checkpoint %s unreadable (%s); run ended without it", run_id, checkpoint, exc)
             state, tags["checkpoint_error"] = None, f"{checkpoint}: {exc}"[:500]
-        (self._staging / run_id).mkdir(parents=True, exist_ok=True)
-        best = _best_epoch(history)
+        best = best_epoch(history)
         summary = dict(history.get(best, {})) if best is not None else {}
         if state is not None:
             summary.update(_numeric(state.get("metrics") or {}))
@@ -229,16 +260,11 @@ class Tracker:
                 if key in state:
                     tags[key] = str(state[key]).lower() if key == "within_budget" else str(state[key])
                     row[key] = state[key]
-            slim = checkpoint_state.save(checkpoint_state.for_inference(state), self._staging / run_id / "slim")
-            self._log_file(run_id, "state.pt", "checkpoint", source=slim)  # training state stays in Ray's storage
-            if state.get("val_confusion") is not None:
-                png = self._staging / run_id / "confusion.png"
-                report.plot_confusion(state["val_confusion"], state.get("classes") or [], png)
-                self._log_file(run_id, "confusion.png", "plots", source=png)
-        if history:
-            png = self._staging / run_id / "curves.png"
-            report.plot_curves(history, png, title=str(row.get("trial", "")))
-            self._log_file(run_id, "curves.png", "plots", source=png)
+        try:
+            self._log_trial_files(run_id, state, checkpoint, history, str(row.get("trial", "")))
+        except OSError as exc:  # e.g. ENOSPC in the staging folder: this run lacks files, the grid goes on
+            log.error("trial %s: could not stage its artifacts (%s); its run is marked artifact_error", run_id, exc)
+            tags["artifact_error"] = str(exc)[:500]
         last = max(history) if history else (best or 0)
         if best is not None:
             tags["best_epoch"] = str(best)
@@ -270,11 +296,29 @@ class Tracker:
                                   synchronous=True)
 
         self._queue.submit("trial summary", write_summary)
-        self._queue.submit("end trial run", lambda: self.client.set_terminated(run_id, status))
+        ended = RUN_STATUS.get(status, "FAILED")
+        self._queue.submit("end trial run", lambda: self.client.set_terminated(run_id, ended))
         self._open.pop(run_id, None)
         row.update(status=status, epochs=last if history else None, best_epoch=best,
                    **{k: summary.get(k) for k in SUMMARY}, **costs)
         return row
+
+    def _log_trial_files(self, run_id: str, state: dict | None, checkpoint: str | os.PathLike | None,
+                         history: Mapping[int, Mapping[str, float]], title: str) -> None:
+        from runner.core import checkpoint as checkpoint_state
+
+        (self._staging / run_id).mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            slim = checkpoint_state.save(checkpoint_state.for_inference(state), self._staging / run_id / "slim")
+            self._log_file(run_id, "state.pt", "checkpoint", source=slim)  # training state stays in Ray's storage
+            if state.get("val_confusion") is not None:
+                png = self._staging / run_id / "confusion.png"
+                report.plot_confusion(state["val_confusion"], state.get("classes") or [], png)
+                self._log_file(run_id, "confusion.png", "plots", source=png)
+        if history:
+            png = self._staging / run_id / "curves.png"
+            report.plot_curves(history, png, title=title)
+            self._log_file(run_id, "curves.png", "plots", source=png)
 
     def finish_parent(self, status: str = "FINISHED", rows: list[dict] | None = None) -> list[dict]:
         """Attach the results table (CSV + Markdown) to the parent and end it; returns the display rows."""
@@ -287,7 +331,8 @@ class Tracker:
             self._log_file(self.parent_run_id, "results.csv", "results", text=report.to_csv_text(table))
             self._log_file(self.parent_run_id, "results.md", "results", text=report.to_markdown(table))
             run_id = self.parent_run_id
-            self._queue.submit("end parent run", lambda: self.client.set_terminated(run_id, status))
+            ended = RUN_STATUS.get(status, "FAILED")
+            self._queue.submit("end parent run", lambda: self.client.set_terminated(run_id, ended))
             self._open.pop(run_id, None)
         return table
 
@@ -300,11 +345,13 @@ class Tracker:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         # trials first, then the parent; queued behind any writes still pending, delivered by flush
+        ended = RUN_STATUS.get(status, "FAILED")
         for run_id in sorted(self._open, key=lambda r: not self._open[r]):
-            self._queue.pending.append(("end open run", lambda r=run_id: self.client.set_terminated(r, status)))
+            self._queue.pending.append(("end open run", lambda r=run_id: self.client.set_terminated(r, ended)))
         self._open.clear()
         left = self.flush(timeout_s)
-        shutil.rmtree(self._staging, ignore_errors=True)
+        if self._staged is not None:
+            shutil.rmtree(self._staged, ignore_errors=True)
         if left:
             raise TrackingError(
                 f"{left} MLflow writes (params/metrics/artifacts/run ends) could not be delivered to "
@@ -326,34 +373,7 @@ class Tracker:
             log.error("%s", err)
 
 
-def install_signal_handlers(tracker: Tracker, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-                            timeout_s: float = 10.0) -> Callable[[], None]:
-    """On SIGTERM/SIGINT end every open run KILLED (waiting at most `timeout_s` for MLflow), then
-    hand the signal to the previous handler. Main thread only. Returns a function that uninstalls."""
-    previous = {sig: signal.getsignal(sig) for sig in signals}
-
-    def handler(sig: int, frame: Any) -> None:
-        try:
-            tracker.close("KILLED", timeout_s=timeout_s)
-        except TrackingError as exc:
-            log.error("%s", exc)
-        finally:
-            restore()
-        old = previous[sig]
-        if callable(old):
-            old(sig, frame)
-        elif old == signal.SIG_DFL:
-            signal.raise_signal(sig)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    for sig in signals:
-        signal.signal(sig, handler)
-    return restore
-
-
-def _best_epoch(history: Mapping[int, Mapping[str, float]]) -> int | None:
+def best_epoch(history: Mapping[int, Mapping[str, float]]) -> int | None:
+    """The epoch with the highest val_acc (the latest of equals), else the last epoch."""
     scored = [(v["val_acc"], step) for step, v in history.items() if "val_acc" in v]
     return max(scored)[1] if scored else (max(history) if history else None)

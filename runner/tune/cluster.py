@@ -15,6 +15,12 @@ from runner import resources
 from runner.spec import load_yaml_file
 
 AUTOSCALING_CONFIG_ENV = "RUNNER_AUTOSCALING_CONFIG"
+TRIAL_RESOURCE_ENV = "RUNNER_TRIAL_RESOURCE"  # e.g. "trial_driver": keeps trial processes on on-demand nodes
+
+
+def driver_resource() -> str | None:
+    """The custom resource trial processes ask a token of (docs/cluster.md), or None."""
+    return os.environ.get(TRIAL_RESOURCE_ENV) or None
 
 
 def capacity() -> dict[str, float]:

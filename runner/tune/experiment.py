@@ -1,52 +1,89 @@
 """`runner run SPEC`: one invocation = one MLflow parent run = one Tune experiment.
 
-Order matters, and every refusal comes before anything is spent: the spec is validated, the data
-sets' meta.json read, the parameter budget enforced and MLflow reached (fail fast) before Ray starts;
-the resource arithmetic is checked against the cluster before the Tuner starts. At the end: the
-results table (printed, CSV beside the Ray results, Markdown in MLflow), then the best in-budget
-trial is registered and, on request, a submission written from it.
+Order matters, and every refusal comes before anything is spent or written: the command's arguments,
+the spec, the data sets' meta.json and the parameter budget, RAY_ADDRESS and MLflow (reached, not yet
+written), then Ray starts and the resource arithmetic is checked against the cluster. Only then is the
+MLflow parent run created and the Tuner started. At the end: the results table (every trial, whatever
+became of it; printed, CSV beside the Ray results, Markdown in MLflow), then the best in-budget trial is
+registered and, on request, a submission written from it.
+
+Exit status: 0; 1 when a trial failed or MLflow did not get every write (tracking incomplete);
+128 + signal (130 SIGINT, 143 SIGTERM) when interrupted; 2 for a refusal (raised as a ValueError).
 """
 
 from __future__ import annotations
 
-import os
+import sys
 import time
+from dataclasses import dataclass
 
-from runner import data, report, resources, spec
+from runner import data, keys, report, resources, spec
 from runner import storage as store
 from runner.core import budget
 from runner.masking import redact
-from runner.tracking import queries
-from runner.tracking.tracker import Tracker, install_signal_handlers
-from runner.tune import callbacks, cluster, tuner
+from runner.tracking.tracker import Tracker
+from runner.tune import callbacks, cluster, invocation, tuner
+from runner.tune.interrupts import Interrupted, Interrupts
 
-DEFAULT_STORAGE = "results"
+DEFAULT_TRACKING_WAIT_S = 300.0  # after the grid, how long an unreachable MLflow may take to come back
+INTERRUPTED_WAIT_S = 10.0  # the same after an interrupt: `ray job stop` SIGKILLs a few seconds later
+
+
+@dataclass
+class Outcome:
+    rows: list[dict]
+    failed: list[str]
+    unfinished: list[str]
+    tracking_error: str | None
 
 
 def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, scheduler: str | None,
              storage: str | None, resume: str | None, num_cpus: float | None, register_as: str | None,
-             submission: str | None, eval: dict | None) -> int:
+             submission: str | None, eval: dict | None, tracking_wait: float | None = None) -> int:
+    tracking_wait = DEFAULT_TRACKING_WAIT_S if tracking_wait is None else tracking_wait
+    invocation.check_arguments(max_concurrent=max_concurrent, num_cpus=num_cpus, register_as=register_as,
+                               submission=submission, tracking_wait=tracking_wait)
     loaded = spec.load_spec(path, overrides)
     if loaded.search is not None:  # the Tune side lands with the engine's trial paths (runner/tune/search.py)
         raise spec.SpecError(path, "`runner run` of a `search:` spec is not wired yet; `runner check` shows its "
                                    "space and first samples", field="search")
-    storage = _storage(storage)
+    storage = invocation.storage_root(storage)
     verdicts, metas = _preflight(loaded, storage)
-    experiment = _experiment_name(loaded.name, storage, resume)
-    with Tracker(loaded.name, datasets=metas) as tracker:  # fails fast, naming the URI, when MLflow is unreachable
-        restore_signals = install_signal_handlers(tracker)
-        try:
-            tracker.start_parent(spec_path=path, run_name=experiment, invocation_id=experiment,
-                                 resume=resume is not None)
-            rows, failed = _tune(loaded, verdicts, experiment, storage, tracker, max_concurrent=max_concurrent,
-                                 scheduler=scheduler, restore=resume is not None, num_cpus=num_cpus)
-            table = tracker.finish_parent("FAILED" if failed else "FINISHED", rows)
-        finally:
-            restore_signals()
+    invocation.check_submission_data(loaded, metas, submission)
+    experiment = (invocation.new_name(loaded.name, storage) if resume is None
+                  else invocation.resume_name(loaded, storage, resume))
+    # reaches MLflow now (fails fast, naming the URI) and writes nothing until the grid starts
+    tracker = Tracker(loaded.name, outage_timeout_s=tracking_wait, datasets=metas)
+    cluster.start_ray(num_cpus)
+    needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
+    concurrency = resources.plan_concurrency(needs, cluster.capacity(), max_concurrent)
+    if resume is None:
+        invocation.write_record(storage, experiment, loaded)
+    print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}")
+    interrupts = Interrupts()
+    with interrupts.installed():
+        outcome = _grid(loaded, verdicts, tracker, interrupts, experiment=experiment, storage=storage,
+                        concurrency=concurrency, scheduler=scheduler, resume=resume is not None,
+                        wait=tracking_wait)
+    table = report.results_table(outcome.rows)
     print("\n" + report.to_markdown(table))
     print(f"results: {_save_csv(table, storage, experiment)}")
-    if failed:
-        print(f"runner: {len(failed)} trial(s) failed: {', '.join(failed)}")
+    return _verdict(loaded, outcome, interrupts, experiment, register_as, submission, eval)
+
+
+def _verdict(loaded: spec.Spec, outcome: Outcome, interrupts: Interrupts, experiment: str,
+             register_as: str | None, submission: str | None, eval: dict | None) -> int:
+    if interrupts.signal:
+        print(f"runner: interrupted by {interrupts.name}: {len(outcome.unfinished)} unfinished trial(s) ended "
+              f"KILLED{': ' + ', '.join(outcome.unfinished) if outcome.unfinished else ''}; nothing registered. "
+              f"Continue with: runner run {loaded.path} --resume {experiment}", file=sys.stderr)
+        return interrupts.exit_code
+    if outcome.tracking_error:
+        print(f"runner: error: tracking incomplete: {outcome.tracking_error}. The results above are complete "
+              f"(results.csv); MLflow's runs are not, so nothing was registered", file=sys.stderr)
+    if outcome.failed:
+        print(f"runner: {len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}", file=sys.stderr)
+    if outcome.failed or outcome.tracking_error:
         return 1
     if register_as != "":
         _register_and_submit(loaded, register_as or loaded.name, submission, eval)
@@ -87,60 +124,80 @@ def _preflight(loaded: spec.Spec, storage: str) -> tuple[dict[str, budget.Verdic
     return verdicts, metas
 
 
-def _tune(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], experiment: str, storage: str,
-          tracker: Tracker, *, max_concurrent: int | None, scheduler: str | None, restore: bool,
-          num_cpus: float | None) -> tuple[list[dict], list[str]]:
-    cluster.start_ray(num_cpus)
-    needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
-    concurrency = resources.plan_concurrency(needs, cluster.capacity(), max_concurrent)
-    print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}")
+def _grid(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], tracker: Tracker, interrupts: Interrupts, *,
+          experiment: str, storage: str, concurrency: int, scheduler: str | None, resume: bool,
+          wait: float) -> Outcome:
     progress = callbacks.Progress()
     bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials},
-                                {name: _budget_tags(v) for name, v in verdicts.items()}, storage)
+                                {name: {"params": v.params, "within_budget": v.within} for name, v in verdicts.items()},
+                                storage)
+    bridge.writer.submit("start the parent run", lambda: tracker.start_parent(
+        spec_path=loaded.path, run_name=experiment, invocation_id=experiment, resume=resume))
     started = time.monotonic()
-    grid = tuner.run_tuner(loaded.trials, experiment=experiment, storage=storage, max_concurrent=concurrency,
-                          scheduler=scheduler, callbacks=[progress, bridge], restore=restore)
-    failed = [r.config["trial"]["name"] for r in grid if r.error is not None]
-    by_name = {t.name: t for t in loaded.trials}
-    seconds = {r.config["trial"]["name"]: (r.metrics or {}).get("time_total_s") for r in grid}
-    found = list(bridge.rows.items())
-    if restore:  # trials that finished before the driver died are not run again: their rows are in MLflow
-        seen = {row["trial"] for row in bridge.rows.values()}
-        found += [(row["trial_id"], row) for row in map(queries.run_row, queries.trial_runs(
-            tracker.client, tracker.experiment_name, tracker.parent_run_id)) if row["trial"] not in seen]
-    rows = []
-    for trial_id, row in found:
-        trial = by_name[row["trial"]]
-        rows.append({**row, "varied": trial.overrides, "start_s": progress.first_result_s.get(trial_id),
-                     "time_s": seconds.get(row["trial"])})
+    try:
+        with interrupts.tuning():
+            grid = tuner.run_tuner(loaded.trials, experiment=experiment, storage=storage,
+                                  max_concurrent=concurrency, scheduler=scheduler, callbacks=[progress, bridge],
+                                  restore=resume, driver_resource=cluster.driver_resource())
+    except Interrupted:  # before Tune could stop the grid itself: no trial had started
+        grid = []
     print(f"grid wall time {time.monotonic() - started:.1f} s")
-    return rows, failed
+    if interrupts.signal:
+        bridge.end("KILLED")
+    rows = _rows(loaded, bridge, grid, progress)
+    failed = [r["trial"] for r in rows if r["status"] == "FAILED"]
+    unfinished = [r["trial"] for r in rows if r["status"] in ("KILLED", "NOT STARTED")]
+    status = "KILLED" if interrupts.signal else "FAILED" if failed else "FINISHED"
+    wait = INTERRUPTED_WAIT_S if interrupts.signal else wait
+    deadline = time.monotonic() + wait
+    bridge.writer.submit("end the parent run", lambda: tracker.finish_parent(status, rows))
+    bridge.writer.submit("deliver the last writes", lambda: tracker.close(
+        status, timeout_s=max(0.0, deadline - time.monotonic())))
+    delivered = bridge.writer.drain(wait + 1.0)
+    bridge.writer.stop()
+    error = None if delivered else f"MLflow at {tracker.uri} did not take every write within {wait:.0f} s"
+    error = error or "; ".join(bridge.writer.errors) or None
+    return Outcome(rows, failed, unfinished, error)
 
 
-def _budget_tags(verdict: budget.Verdict) -> dict:
-    """Known before training, so even a trial that fails early carries its verdict."""
-    return {"params": verdict.params, "within_budget": str(verdict.within).lower()}
+def _rows(loaded: spec.Spec, bridge: callbacks.Tracking, grid: object, progress: callbacks.Progress) -> list[dict]:
+    """Every trial of the spec, in spec order: what the driver saw of it, else (finished in an earlier
+    attempt of a resumed run, or never started) what Tune's record says."""
+    seen = {row["trial"]: row for row in bridge.rows()}
+    results = {r.config["trial"]["name"]: r for r in grid}
+    varied = sorted({key for t in loaded.trials for key in t.overrides})
+    rows = []
+    for trial in loaded.trials:
+        result = results.get(trial.name)
+        row = seen.get(trial.name)
+        if row is None:
+            row = _row_from_tune(trial, result)
+            if row["status"] in ("FINISHED", "STOPPED", "FAILED"):
+                bridge.settle(result, row["status"])
+        trial_id = row.get("trial_id")
+        rows.append({**row, "varied": {key: keys.get(trial.config, key) for key in varied},
+                     "start_s": progress.first_result_s.get(trial_id),
+                     "time_s": (result.metrics or {}).get("time_total_s") if result is not None else None})
+    return rows
 
 
-def _storage(storage: str | None) -> str:
-    chosen = storage or os.environ.get("RUNNER_STORAGE") or DEFAULT_STORAGE
-    return chosen if store.is_remote(chosen) else os.path.abspath(chosen.removeprefix("file://"))
-
-
-def _experiment_name(spec_name: str, storage: str, resume: str | None) -> str:
-    if resume is None:
-        return f"{spec_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    runs = store.subfolders(storage)  # local or in the bucket: the storage is the record of what ran
-    if resume != "latest":
-        if resume not in runs:
-            raise spec.SpecError("--resume", f"no experiment {resume!r} under {redact(storage)}; name one "
-                                             "of its folders (or pass the --storage it ran with)")
-        return resume
-    candidates = [d for d in runs if d.startswith(f"{spec_name}-")]
-    if not candidates:
-        raise spec.SpecError("--resume", f"no earlier run of {spec_name!r} under {redact(storage)}; run it without "
-                                         "--resume, or pass the --storage it ran with")
-    return candidates[-1]
+def _row_from_tune(trial: spec.Trial, result: object) -> dict:
+    metrics = (getattr(result, "metrics", None) or {}) if result is not None else {}
+    epoch = metrics.get("epoch")
+    if getattr(result, "error", None) is not None:
+        status = "FAILED"
+    elif epoch is None:
+        status = "NOT STARTED"
+    else:
+        status = "FINISHED" if epoch >= trial.config["train"]["epochs"] else "STOPPED"
+    frame = getattr(result, "metrics_dataframe", None)
+    best = metrics
+    if frame is not None and "val_acc" in frame and len(frame):
+        best = frame.loc[frame["val_acc"].idxmax()].to_dict()
+    return {"trial": trial.name, "trial_id": metrics.get("trial_id"), "status": status,
+            "model": trial.config["model"]["name"], "epochs": epoch, "best_epoch": best.get("epoch"),
+            **{k: best.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+            "reported": dict(trial.reported)}
 
 
 def _save_csv(table: list[dict], storage: str, experiment: str) -> str:

@@ -1,90 +1,114 @@
-"""One Tune trial: a Ray Train `TorchTrainer` of DDP workers, as in Ray's Train/Tune interop example.
+"""One Tune trial, on one of two paths with one behaviour (same metrics, progress lines, checkpoints,
+MLflow runs; see docs/architecture.md):
 
-- `train_worker(loop_config)` runs in every Train worker: reads its shard once, calls `train.fit`,
-  reports each epoch (rank 0 attaches the checkpoint);
-- `trial_driver(config)` is the Tune trainable: builds the `TorchTrainer` from the trial's
-  `scaling` group and calls `fit()`; `TuneReportCallback` forwards rank 0's metrics to Tune.
+- `scaling.workers: 1` trains inside its own Tune trial process (`_train_in_process`): no TorchTrainer,
+  whose controller, worker and four helper processes cost ~20 s per trial on 2 cores (bench/tune_overhead.py).
+  Tune keeps its checkpoints (the best `checkpoint.keep` by val accuracy), restarts it after a failure
+  (`max_failures`, set per trial by `tuner.PerTrialSettings`) and hands it back with `ray.tune.get_checkpoint()`.
+- `scaling.workers >= 2` is a Ray Train `TorchTrainer` of DDP workers (`_train_ddp`, `train_worker`), as in
+  Ray's Train/Tune interop example; Train keeps the checkpoints and restarts the worker group.
+
+Both report through `_reporter`: once per epoch, the metrics plus a checkpoint folder holding `state.pt`
+and `history.json` (every epoch's metrics so far, written by the trial, not the driver). After a restart
+the first report carries the history up to the checkpoint it resumed from (`history`, a JSON string), so
+the driver can fill in epochs whose results it never received (a SIGKILLed driver, then `--resume`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import ray
 import ray.train
-import ray.train.torch
 import ray.tune
-import torch.distributed
-from ray.tune.integration.ray_train import TuneReportCallback
+import torch
 
-from runner import data, resources
+from runner import data, files, resources
 from runner.core import checkpoint, train
 
 METRIC, MODE = "val_acc", "max"
-TRIAL_RESOURCE_ENV = "RUNNER_TRIAL_RESOURCE"  # e.g. "trial_driver": keeps drivers on on-demand nodes
+HISTORY = "history.json"  # beside state.pt in every checkpoint folder
 
 
+def run_trial(config: dict) -> None:
+    """The Tune function trainable: `config` is {"trial": {"name", "config"}, "train_storage", ...}."""
+    if config["trial"]["config"]["scaling"]["workers"] == 1:
+        _train_in_process(config["trial"]["config"])
+    else:
+        _train_ddp(config)
+
+
+def trial_resources(config: dict) -> ray.tune.PlacementGroupFactory:
+    """The Tune trial process's request, from the same `TrialNeed` the resource check used."""
+    need = resources.need_of(config["trial"]["name"], config["trial"]["config"]["scaling"])
+    return ray.tune.PlacementGroupFactory([need.trial_bundle(config.get("driver_resource"))])
+
+
+# ---------------------------------------------------------------- workers == 1: in the trial process
+def _train_in_process(cfg: dict) -> None:
+    scaling = cfg["scaling"]
+    # Tune logs "Checkpoint successfully created at: ..." at INFO for every epoch: noise beside the progress lines
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # Ray sizes a Train worker's torch threads by its CPUs; this process holds the worker's share.
+    torch.set_num_threads(max(1, int(scaling["cpus_per_worker"])))
+    classes, train_split, val_split = _load(cfg, rank=0, world=1)
+    resume, history = _restore(ray.tune.get_checkpoint())
+
+    def send(metrics: dict, directory: str | None) -> None:
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory))
+
+    device = torch.device("cuda", 0) if resources.gpus(scaling) else torch.device("cpu")
+    train.fit(cfg, train_split, val_split, classes, _reporter(resume, history, nodes=1, send=send, rank=0),
+              device=device, resume=resume)
+
+
+# ---------------------------------------------------------------- workers >= 2: a TorchTrainer
 def train_worker(loop_config: dict) -> None:
     """One DDP rank. Ray has initialised torch.distributed (gloo on CPU, nccl on GPU)."""
+    import ray.train.torch
+
+    _quiet_train_reports()
     cfg = loop_config["config"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"], rank, world)
-    resume = None
+    classes, train_split, val_split = _load(cfg, rank=rank, world=world)
     # After a node loss (Train restarts the group) or `--resume` (Train finds its run by name), this is
     # the last *committed* checkpoint: Train's own record, never a listing of checkpoint folders.
-    if (committed := ray.train.get_checkpoint()) is not None:
-        with committed.as_directory() as directory:
-            resume = checkpoint.load(directory)
-    resumed_from = resume["epoch"] if resume else 0  # epochs this worker group did not have to train
+    resume, history = _restore(ray.train.get_checkpoint())
 
-    nodes = _distinct_nodes(world)
+    def send(metrics: dict, directory: str | None) -> None:
+        saved = ray.train.Checkpoint.from_directory(directory) if directory else None
+        ray.train.report(metrics, checkpoint=saved)  # every rank reports, or the group stalls
 
-    def report(metrics: dict, state: Callable[[], dict]) -> None:
-        metrics = {**metrics, "worker_nodes": nodes, "resumed_from": resumed_from}
-        with tempfile.TemporaryDirectory() as directory:
-            saved = None
-            if rank == 0:
-                checkpoint.save(state(), directory)
-                saved = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=saved)  # every rank reports, or the group stalls
-
-    train.fit(cfg, train_split, val_split, meta.classes, report, device=ray.train.torch.get_device(),
-              resume=resume)
+    train.fit(cfg, train_split, val_split, classes,
+              _reporter(resume, history, nodes=_distinct_nodes(world), send=send, rank=rank),
+              device=ray.train.torch.get_device(), resume=resume)
 
 
-def _distinct_nodes(world: int) -> int:
-    """How many nodes this worker group spans (shown with the metrics; DDP across nodes costs more)."""
-    node = ray.get_runtime_context().get_node_id()
-    if world == 1:
-        return 1
-    everyone = [None] * world
-    torch.distributed.all_gather_object(everyone, node)
-    return len(set(everyone))
-
-
-def trial_driver(config: dict) -> None:
+def _train_ddp(config: dict) -> None:
     """A Tune trial: one `TorchTrainer.fit()`. The Train run name is the trial id, which is unique per
     invocation (a reused name silently resumes an old run) and stable across `Tuner.restore`."""
+    import ray.train.torch
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     cfg = config["trial"]["config"]
     scaling = cfg["scaling"]
+    need = resources.need_of(config["trial"]["name"], scaling)
     trial_id = ray.tune.get_context().get_trial_id()
     # Train's controller polls its workers every 2 s and takes one report per poll, so any epoch
-    # shorter than 2 s was stretched to 2 s (bench/ray_overhead.py;
-    # docs/benchmarks.md). It reads this from the process that calls fit(): this one.
+    # shorter than 2 s was stretched to 2 s (docs/benchmarks.md). It reads this from the process that
+    # calls fit(): this one.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    workers = {"CPU": scaling["cpus_per_worker"]}
-    gpus = resources.gpus(scaling)
-    if gpus:
-        workers["GPU"] = gpus
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg},
-        scaling_config=ray.train.ScalingConfig(num_workers=scaling["workers"],
-                                               use_gpu=bool(gpus),
-                                               resources_per_worker=workers,
+        scaling_config=ray.train.ScalingConfig(num_workers=need.workers, use_gpu=bool(need.gpus_per_worker),
+                                               resources_per_worker=need.worker_bundle(),
                                                placement_strategy=scaling["placement"]),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
@@ -100,8 +124,62 @@ def trial_driver(config: dict) -> None:
     trainer.fit()
 
 
-def trial_resources(config: dict) -> dict:
-    resources = {"cpu": config["trial"]["config"]["scaling"]["trial_cpus"]}
-    if custom := os.environ.get(TRIAL_RESOURCE_ENV):
-        resources[custom] = 0.001  # a token amount: it only pins drivers to nodes that advertise it
-    return resources
+def _quiet_train_reports() -> None:
+    """Train V2 logs "Reporting training result N: ..." at INFO per epoch per rank through a logger named
+    after its file (outside "ray.train", so LoggingConfig misses it): half of the demo's output."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def _distinct_nodes(world: int) -> int:
+    """How many nodes this worker group spans (shown with the metrics; DDP across nodes costs more)."""
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:  # an elastic group down to one worker
+        return 1
+    everyone = [None] * world
+    torch.distributed.all_gather_object(everyone, node)
+    return len(set(everyone))
+
+
+# ---------------------------------------------------------------- shared by both paths
+def _load(cfg: dict, *, rank: int, world: int) -> tuple[list[str], data.Split, data.Split]:
+    meta, train_split, val_split = data.load_trial_data(cfg["data"], cfg["train"]["seed"], rank, world)
+    return meta.classes, train_split, val_split
+
+
+def _restore(committed: ray.train.Checkpoint | None) -> tuple[dict | None, list[dict]]:
+    """(checkpoint state, the history of epochs up to it) of the checkpoint a restarted trial resumes from."""
+    if committed is None:
+        return None, []
+    with committed.as_directory() as directory:
+        state = checkpoint.load(directory)
+        history_file = Path(directory) / HISTORY
+        history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    return state, [h for h in history if h["epoch"] <= state["epoch"]]
+
+
+def _reporter(resume: dict | None, history: list[dict], *, nodes: int, rank: int,
+              send: Callable[[dict, str | None], None]) -> Callable[[dict, Callable[[], dict]], None]:
+    """`train.fit`'s per-epoch report: metrics (+ node count, restart point) and, from rank 0, a
+    checkpoint folder with `state.pt` and `history.json`."""
+    resumed_from = resume["epoch"] if resume else 0  # epochs this process did not have to train
+    backfill = list(history)
+
+    def report(metrics: dict, state: Callable[[], dict]) -> None:
+        metrics = {**metrics, "worker_nodes": nodes, "resumed_from": resumed_from}
+        history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if backfill:  # once, after a restart: what the driver may have missed before the resume point
+            metrics["history"] = json.dumps(backfill)
+            backfill.clear()
+        if rank != 0:
+            send(metrics, None)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint.save(state(), directory)
+            files.atomic_write_text(Path(directory) / HISTORY, json.dumps(history))
+            send(metrics, directory)
+
+    return report

@@ -8,15 +8,31 @@ from __future__ import annotations
 import re
 
 import ray.tune
+from ray.tune.schedulers import ASHAScheduler
 
 from runner.spec import Trial
-from runner.tune.trial import METRIC, MODE, trial_driver, trial_resources
+from runner.tune.trial import METRIC, MODE, run_trial, trial_resources
+
+
+class PerTrialSettings(ray.tune.Callback):
+    """`max_failures` and `checkpoint.keep` are trial config fields, but Tune takes them once per Tuner.
+    Set them on each trial as it starts. Only 1-worker trials use Tune's: a DDP trial's restarts and
+    checkpoints are its TorchTrainer's (a lost trial process is a lost trial, docs/errors.md)."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: ray.tune.experiment.Trial, **info) -> None:
+        cfg = trial.config["trial"]["config"]
+        in_process = cfg["scaling"]["workers"] == 1
+        trial.max_failures = cfg["max_failures"] if in_process else 0
+        # No public setter in Ray 2.60; the manager reads this on every checkpoint it registers.
+        trial.run_metadata.checkpoint_manager._checkpoint_config = _checkpoint_config(cfg["checkpoint"]["keep"])
 
 
 def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurrent: int,
-              scheduler: str | None, callbacks: list, restore: bool = False) -> ray.tune.ResultGrid:
+              scheduler: str | None, callbacks: list, restore: bool = False,
+              driver_resource: str | None = None) -> ray.tune.ResultGrid:
     """Run (or, with `restore`, resume) the grid; one trial per resolved row."""
-    trainable = ray.tune.with_resources(trial_driver, trial_resources)
+    trainable = ray.tune.with_resources(run_trial, trial_resources)
+    callbacks = [PerTrialSettings(), *callbacks]
     path = storage_join(storage, experiment)
     if restore:
         tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -28,7 +44,9 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
     param_space = {
         "trial": ray.tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
         "train_storage": storage_join(storage, experiment, "train"),
+        "driver_resource": driver_resource,
     }
+    in_process = [t for t in trials if t.config["scaling"]["workers"] == 1]
     tuner = ray.tune.Tuner(
         trainable,
         param_space=param_space,
@@ -36,19 +54,37 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
                                         scheduler=_scheduler(scheduler, trials),
                                         trial_name_creator=_trial_label,
                                         trial_dirname_creator=_trial_dirname,
-                                        reuse_actors=True),  # trial drivers are plain functions: reusable
-        run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, callbacks=callbacks, verbose=0),
+                                        reuse_actors=_reuse_actors(scheduler, trials)),
+        run_config=ray.tune.RunConfig(
+            name=experiment, storage_path=storage, callbacks=callbacks, verbose=0,
+            # per-trial values are set by PerTrialSettings; these are what a trial starts with
+            checkpoint_config=_checkpoint_config(max((t.config["checkpoint"]["keep"] for t in trials), default=1)),
+            failure_config=ray.tune.FailureConfig(
+                max_failures=max((t.config["max_failures"] for t in in_process), default=0))),
     )
     return tuner.fit()
 
 
-def _scheduler(name: str | None, trials: list[Trial]):  # noqa: ANN202 - Tune scheduler classes vary
+def _checkpoint_config(keep: int) -> ray.tune.CheckpointConfig:
+    return ray.tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=METRIC,
+                                     checkpoint_score_order=MODE)
+
+
+def _reuse_actors(scheduler: str | None, trials: list[Trial]) -> bool:
+    """Reuse a finished trial's process for the next trial of the same shape: it skips a process start and
+    the imports (seconds per trial here). Not when a scheduler may stop a DDP trial early: its process is
+    still inside `TorchTrainer.fit()` then, Tune's reset would time out, and the *next* trial would fail
+    ("Trainable runner reuse requires reset_config() ...", seen with ASHA). Without reuse Tune ends the
+    stopped trial's process, and its TorchTrainer with it."""
+    return scheduler in (None, "fifo") or all(t.config["scaling"]["workers"] == 1 for t in trials)
+
+
+def _scheduler(name: str | None, trials: list[Trial]) -> ASHAScheduler | None:
     if name in (None, "fifo"):
         return None
     if name == "asha":
         longest = max(t.config["train"]["epochs"] for t in trials)
-        return ray.tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=longest, grace_period=1,
-                                                 reduction_factor=2)
+        return ASHAScheduler(time_attr="epoch", max_t=longest, grace_period=1, reduction_factor=2)
     raise ValueError(f"--scheduler {name!r}: use fifo or asha")
 
 
