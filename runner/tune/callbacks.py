@@ -18,6 +18,7 @@ import pyarrow.fs
 import ray.train
 import ray.tune
 
+from runner import cost, resources
 from runner.report import format_epoch
 from runner.tracking.queue import Background
 from runner.tracking.tracker import SUMMARY, best_epoch
@@ -112,7 +113,8 @@ class Tracking(ray.tune.Callback):
     def _record(self, trial: Trial) -> dict:
         if trial.trial_id not in self.records:
             name, config = trial.config["trial"]["name"], trial.config["trial"]["config"]
-            self.records[trial.trial_id] = {"name": name, "config": config, "history": {}, "status": "RUNNING"}
+            self.records[trial.trial_id] = {"name": name, "config": config, "history": {}, "status": "RUNNING",
+                                            "started": time.monotonic(), "cost": {}}
             tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in self.budgets.get(name, {}).items()}
 
             def start(tid: str = trial.trial_id) -> None:
@@ -157,6 +159,9 @@ class Tracking(ray.tune.Callback):
         if record is None or record["status"] != "RUNNING":
             return
         record["status"] = status
+        need = resources.need_of(record["name"], record["config"]["scaling"])
+        record["cost"] = cost.trial_cost(need, time.monotonic() - record["started"],
+                                         [m.get("images_per_s", float("nan")) for m in record["history"].values()])
         locate = self._best_checkpoint(record["trial"])
         self.writer.submit(f"end the run of {record['name']}", lambda: self._with_run(
             trial_id, lambda run: self._finish_run(run, status, locate)))
@@ -221,6 +226,6 @@ class Tracking(ray.tune.Callback):
                          "status": record["status"], "model": record["config"]["model"]["name"],
                          "params": budget.get("params"), "within_budget": budget.get("within_budget"),
                          "epochs": max(history) if history else None, "best_epoch": best,
-                         **{k: summary.get(k) for k in SUMMARY},
+                         **{k: summary.get(k) for k in SUMMARY}, **record["cost"],
                          "reported": dict(self.reported.get(record["name"]) or {})})
         return rows
