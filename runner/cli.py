@@ -274,11 +274,14 @@ def _check(args: argparse.Namespace) -> int:
     checked = []
     for path in args.specs:
         loaded = spec.load_spec(path, spec_overrides(args))
+        loaded, gpus_note = _resolve_gpus(loaded)
         checked.append(check_spec(loaded))
         if args.json:
             continue
         kind = ", a search" if loaded.search else ""
         print(f"\n{path}: spec {loaded.name!r}, {len(loaded.trials)} trial(s){kind}")
+        if gpus_note:
+            print(gpus_note)
         header, rows = report.check_table(checked[-1])
         if args.cluster_gpus is not None:
             header, rows = _with_estimate(loaded, header, rows, args.cluster_gpus, args.cluster_cpus)
@@ -289,6 +292,18 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         print(report.to_json(checked), end="")
     return 0
+
+
+def _resolve_gpus(loaded: object) -> tuple[object, str | None]:
+    """`scaling.gpus_per_worker: auto` as `runner run` would resolve it here, and the line saying what and why."""
+    import dataclasses
+
+    from runner.tune import gpus
+
+    if not any(gpus.says_auto(t) for t in loaded.trials):
+        return loaded, None
+    choice = gpus.choose(*gpus.planned_capacity())
+    return dataclasses.replace(loaded, trials=gpus.resolve(loaded.trials, choice)), choice.describe()
 
 
 def _with_estimate(loaded: object, header: tuple, rows: list, gpus: float, cpus: float | None) -> tuple:

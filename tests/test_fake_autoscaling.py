@@ -6,15 +6,16 @@ machine can hold them; each fake node is a real raylet. The head is started the 
 for this provider (not `ray up`): `RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=fake.yaml`
 with `provider.gcs_address` set (without it the launcher waits on port 6379 for 5 minutes).
 
-- `test_gpu_shaped_grid_scales_gpu_nodes_from_zero`: a Tune grid whose trials have the shape the
-  runner gives GPU trials on the cluster (driver bundle on `trial_driver`, worker bundles with a
-  fractional GPU) starts with the head alone, makes the autoscaler launch GPU node types, and runs
-  every worker there and every driver on a `trial_driver` node. Trivial work stands in for training,
-  because Train on a fake GPU would try CUDA.
-- `test_runner_grid_runs_on_autoscaled_nodes`: `runner run experiments/smoke.yaml` against the same
-  fake cluster, with drivers sized to fill the head, so Train's DDP workers can only run on nodes the
-  autoscaler adds. The runner plans on what the autoscaler may add (RUNNER_AUTOSCALING_CONFIG), not
-  only on the nodes already up, or it would refuse the grid on the head alone.
+- `test_gpu_trials_of_both_shapes_scale_gpu_nodes_from_zero`: `scaling.gpus_per_worker: auto` resolves
+  to 1 GPU per worker on this cluster (`runner check` says so, and why), and trials with the runner's own
+  resource requests (`runner.tune.trial.trial_resources`, `TrialNeed.worker_bundle`) start with the head
+  alone, make the autoscaler launch GPU node types, and land where they must: a 1-worker trial's process
+  on a GPU node, a DDP trial's process on a `trial_driver` node and its workers on GPU nodes. Trivial
+  work stands in for training, because torch on a fake GPU would try CUDA.
+- `test_runner_grid_on_a_cpu_only_autoscaling_cluster`: the same cluster without its GPU node types:
+  `runner run experiments/smoke.yaml` resolves auto to 0 GPUs (its start line says so, and why), plans
+  on what the autoscaler may add (RUNNER_AUTOSCALING_CONFIG), not only on the head, and its trials,
+  sized to overfill the head, finish on nodes the autoscaler adds.
 
     flock /tmp/ray-test.lock pytest -m slow tests/test_fake_autoscaling.py     # ~3-4 min on 2 cores
 """
@@ -44,10 +45,13 @@ EMPTY_KEYS = {  # the autoscaler reads these even when nothing is synced or run
 }  # fmt: skip
 
 
-def fake_cluster_config(cluster: dict, gcs_address: str, max_per_type: int = MAX_PER_TYPE) -> dict:
-    """cluster.yaml's node types, same resources, on the fake_multinode provider."""
+def fake_cluster_config(cluster: dict, gcs_address: str, max_per_type: int = MAX_PER_TYPE, gpus: bool = True) -> dict:
+    """cluster.yaml's node types, same resources, on the fake_multinode provider (without the GPU types
+    when `gpus` is False)."""
     types = {}
     for name, node_type in cluster["available_node_types"].items():
+        if not gpus and node_type["resources"].get("GPU", 0) > 0:
+            continue
         fake = {"resources": copy.deepcopy(node_type["resources"]), "node_config": {}}
         if name == cluster["head_node_type"]:
             types[FAKE_HEAD_TYPE] = {**fake, "max_workers": 0}
@@ -74,14 +78,14 @@ def fake_cluster_config(cluster: dict, gcs_address: str, max_per_type: int = MAX
     }
 
 
-def start_fake_cluster(tmp_path: Path) -> tuple[RayHead, dict]:
+def start_fake_cluster(tmp_path: Path, gpus: bool = True) -> tuple[RayHead, dict]:
     cluster = yaml.safe_load(CLUSTER_YAML.read_text())
     head_resources = dict(cluster["available_node_types"][cluster["head_node_type"]]["resources"])
     config_path = tmp_path / "fake.yaml"
     head = RayHead(num_cpus=int(head_resources.pop("CPU")), num_gpus=int(head_resources.pop("GPU", 0)),
                    resources=head_resources, autoscaling_config=config_path, env={"RAY_FAKE_CLUSTER": "1"},
                    prefix="rfa-")  # fmt: skip
-    config = fake_cluster_config(cluster, head.gcs_address)
+    config = fake_cluster_config(cluster, head.gcs_address, gpus=gpus)
     config_path.write_text(yaml.safe_dump(config))
     try:
         head.start()
@@ -120,33 +124,43 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from runner import resources, spec
+from runner.tune import gpus, trial as runner_trial
+
 ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
 """
     + NODES
     + """
 before = node_table()
-WORKERS, GPU = 2, 0.5     # two DDP-like workers at half a GPU each, as `scaling.gpus_per_worker: 0.5`
+loaded = spec.load_spec("experiments/smoke.yaml")
+trials = gpus.resolve(loaded.trials, gpus.Choice(1.0, "as runner check said"))  # what auto resolves to here
 
 @ray.remote
 def worker():
     return ray.get_runtime_context().get_node_id(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
-def shaped_trial(config):
-    pg = ray.util.get_current_placement_group()
-    refs = [worker.options(num_cpus=1, num_gpus=GPU, scheduling_strategy=PlacementGroupSchedulingStrategy(
-        pg, placement_group_bundle_index=i + 1)).remote() for i in range(WORKERS)]
-    tune.report({"driver_node": ray.get_runtime_context().get_node_id(), "workers": json.dumps(ray.get(refs))})
+def stand_in(config):
+    # Train on a fake GPU would try CUDA: the trial process reports where it is, and a DDP trial starts
+    # its workers the way Train does, in a placement group of the need's worker bundles.
+    need = resources.need_of(config["trial"]["name"], config["trial"]["config"]["scaling"])
+    me = (ray.get_runtime_context().get_node_id(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    placed = []
+    if not need.in_process:
+        group = ray.util.placement_group([need.worker_bundle()] * need.workers, strategy="PACK")
+        ray.get(group.ready())
+        placed = ray.get([worker.options(num_cpus=need.worker_bundle()["CPU"], num_gpus=need.gpus_per_worker,
+                                         scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)).remote()
+                          for i in range(need.workers)])
+        ray.util.remove_placement_group(group)
+    tune.report({"trial": json.dumps({"process": me, "workers": placed, "in_process": need.in_process})})
 
-# The runner's trial shape: the driver's bundle (trial_cpus + a token of the custom resource that
-# RUNNER_TRIAL_RESOURCE names), then one bundle per Train worker.
-bundles = [{"CPU": 0.5, "trial_driver": 0.001}] + [{"CPU": 1, "GPU": GPU}] * WORKERS
-trainable = tune.with_resources(shaped_trial, tune.PlacementGroupFactory(bundles, strategy="PACK"))
-grid = tune.Tuner(trainable, param_space={"i": tune.grid_search([0, 1, 2])},
-                  tune_config=tune.TuneConfig(max_concurrent_trials=3),
+space = {"trial": tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
+         "driver_resource": "trial_driver"}
+trainable = tune.with_resources(stand_in, runner_trial.trial_resources)  # the runner's own requests
+grid = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(max_concurrent_trials=3),
                   run_config=tune.RunConfig(storage_path=os.environ["STORAGE"], verbose=0)).fit()
-trials = [{"driver": r.metrics["driver_node"], "workers": json.loads(r.metrics["workers"])}
-          for r in grid if not r.error]
-print("RESULT " + json.dumps({"before": before, "after": node_table(), "trials": trials,
+print("RESULT " + json.dumps({"before": before, "after": node_table(),
+                              "trials": [json.loads(r.metrics["trial"]) for r in grid if not r.error],
                               "errors": [str(r.error) for r in grid if r.error]}))
 """
 )
@@ -154,15 +168,21 @@ print("RESULT " + json.dumps({"before": before, "after": node_table(), "trials":
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.timeout(420)
-def test_gpu_shaped_grid_scales_gpu_nodes_from_zero(tmp_path):
+@pytest.mark.timeout(480)
+def test_gpu_trials_of_both_shapes_scale_gpu_nodes_from_zero(tmp_path):
     head, config = start_fake_cluster(tmp_path)
     try:
+        env = head.client_env(RUNNER_AUTOSCALING_CONFIG=str(tmp_path / "fake.yaml"))
+        check = subprocess.run([str(VENV_BIN / "runner"), "check", "experiments/smoke.yaml"], env=env, cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
         result = run_driver(head, GPU_GRID, timeout_s=360, STORAGE=str(tmp_path / "results"))
         launched = launched_types(head)
     finally:
         head.stop()
 
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "scaling.gpus_per_worker auto -> 1 (the cluster, with the nodes its autoscaler may add, has" in check.stdout
+    assert "1x(cpu 0.25, gpu 1)" in check.stdout and "2x(cpu 0.25, gpu 1)" in check.stdout
     assert not result["errors"], result["errors"]
     assert len([n for n in result["before"].values() if n["alive"]]) == 1, "the grid did not start from the head alone"
     nodes = result["after"]
@@ -170,41 +190,27 @@ def test_gpu_shaped_grid_scales_gpu_nodes_from_zero(tmp_path):
     driver_nodes = {node_id for node_id, n in nodes.items() if n["resources"].get(TRIAL_RESOURCE, 0) > 0}
     gpu_types = {name for name, t in config["available_node_types"].items() if t["resources"].get("GPU", 0) > 0}
     assert gpu_nodes and set(launched) & gpu_types, (launched, nodes)
-    assert len(result["trials"]) == 3
-    for trial in result["trials"]:
-        assert trial["driver"] in driver_nodes, "a trial driver ran on a node without trial_driver"
-        for node_id, visible in trial["workers"]:
-            assert node_id in gpu_nodes and visible not in (None, ""), (node_id, visible)
-    workers = sum(len(t["workers"]) for t in result["trials"])
-    print(f"launched {sorted(launched)}; {len(gpu_nodes)} GPU node(s) ran {workers} workers")
-
-
-TRAIN_WORKERS = (
-    """
-import json, os
-import ray
-from ray.util.state import list_actors
-
-ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-"""
-    + NODES
-    + """
-actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=1000,
-                     raise_on_missing_output=False)
-print("RESULT " + json.dumps({"nodes": node_table(), "workers": [a.node_id for a in actors]}))
-"""
-)
+    shapes = result["trials"]
+    assert sorted(t["in_process"] for t in shapes) == [False, True, True]
+    for shape in shapes:
+        node, visible = shape["process"]
+        if shape["in_process"]:  # it trains in its own process: that process holds the GPU
+            assert node in gpu_nodes and visible not in (None, ""), shape
+        else:  # a DDP trial's process drives (pinned to trial_driver nodes); its workers hold the GPUs
+            assert node in driver_nodes and len(shape["workers"]) == 2, shape
+            assert all(n in gpu_nodes and v not in (None, "") for n, v in shape["workers"]), shape
+    print(f"launched {sorted(launched)}; {len(gpu_nodes)} GPU node(s)")
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_runner_grid_runs_on_autoscaled_nodes(tmp_path):
-    head, config = start_fake_cluster(tmp_path)
+def test_runner_grid_on_a_cpu_only_autoscaling_cluster(tmp_path):
+    head, config = start_fake_cluster(tmp_path, gpus=False)
     try:
         head_cpus = config["available_node_types"][FAKE_HEAD_TYPE]["resources"]["CPU"]
-        # Two trial drivers at half the head's CPUs each fill the head: their Train workers must go
-        # to worker nodes the autoscaler adds.
+        # Half the head's CPUs per trial process: two trials at a time overfill the head, so the grid runs
+        # only if the runner planned on (and the autoscaler adds) more nodes.
         env = head.client_env(
             MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
             RUNNER_TRIAL_RESOURCE=TRIAL_RESOURCE,
@@ -215,18 +221,16 @@ def test_runner_grid_runs_on_autoscaled_nodes(tmp_path):
              "--max-concurrent", "2", "--storage", str(tmp_path / "results"), "--no-register"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=480,
         )  # fmt: skip
-        output = run.stdout + run.stderr
-        assert run.returncode == 0, output[-6000:]
-        placed = run_driver(head, TRAIN_WORKERS, timeout_s=120)
         launched = launched_types(head)
     finally:
         head.stop()
-
-    head_ids = {i for i, n in placed["nodes"].items() if "node:__internal_head__" in n["resources"]}
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    assert "gpus_per_worker auto -> 0 (the cluster, with the nodes its autoscaler may add, has no GPU)" in output
     assert launched, "the autoscaler launched no node"
-    assert placed["workers"], "no Train worker actors found"
-    assert not set(placed["workers"]) & head_ids, "Train workers ran on the head"
-    print(f"launched {sorted(launched)}; Train workers on {len(set(placed['workers']))} autoscaled node(s)")
+    experiment = next((tmp_path / "results").glob("smoke-*"))
+    assert (experiment / "results.csv").read_text().count("FINISHED") == 3
+    print(f"launched {sorted(launched)}")
 
 
 if __name__ == "__main__":  # print the derived config, e.g. to eyeball it

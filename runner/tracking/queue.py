@@ -97,7 +97,8 @@ class WriteQueue:
 class Background:
     """Runs submitted calls in order on one daemon thread, so the caller (Tune's event loop, in the
     driver) never waits on MLflow: not for a run to be created, a search, or a server that accepts
-    connections and never answers. A call that raises is recorded (`errors`) and the next one runs."""
+    connections and never answers. A call that raises is recorded (`errors`; the first is logged) and the
+    next one runs."""
 
     def __init__(self, name: str) -> None:
         self.errors: list[str] = []
@@ -115,7 +116,8 @@ class Background:
                 fn()
             except Exception as exc:  # noqa: BLE001 - recorded and reported at the end; the grid goes on
                 message = redact(str(exc))  # MLflow's messages carry the request URL, credentials included
-                log.error("MLflow: %s failed: %s", what, message)
+                if not self.errors:  # once: the calls after a failed one (its run's writes) fail the same way
+                    log.error("MLflow: %s failed: %s", what, message)
                 self.errors.append(f"{what}: {message}")
             finally:
                 self._calls.task_done()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 
-import ray
-
 from runner import resources
 from runner.spec import load_yaml_file
 
@@ -26,16 +24,30 @@ def driver_resource() -> str | None:
 def capacity() -> dict[str, float]:
     """Resources the grid may plan on: what is up now, or what the autoscaler may add when
     RUNNER_AUTOSCALING_CONFIG names the cluster launcher config (cluster.yaml sets it on the head)."""
-    up_now = ray.cluster_resources()
+    import ray
+
+    return resources.larger_of(ray.cluster_resources(), autoscaler_capacity())
+
+
+def autoscaler_capacity() -> dict[str, float]:
+    """What the autoscaler of RUNNER_AUTOSCALING_CONFIG's launcher config may grow to ({} when unset)."""
     path = os.environ.get(AUTOSCALING_CONFIG_ENV)
     if not path:
-        return up_now
+        return {}
     try:
         launcher_config = load_yaml_file(os.path.expanduser(path))
     except OSError as err:
         raise resources.ResourceError(f"{AUTOSCALING_CONFIG_ENV}={path}: cannot read it ({err.strerror}); point it "
                                       "to the cluster launcher config (~/ray_bootstrap_config.yaml on a head)") from err
-    return resources.larger_of(up_now, resources.autoscaling_capacity(launcher_config))
+    return resources.autoscaling_capacity(launcher_config)
+
+
+def describe() -> str:
+    """Where `capacity()` comes from, for messages."""
+    if os.environ.get(AUTOSCALING_CONFIG_ENV):
+        return "the cluster, with the nodes its autoscaler may add,"
+    address = os.environ.get("RAY_ADDRESS")
+    return f"the cluster at RAY_ADDRESS={address}" if address else "this machine's local Ray"
 
 
 def probe_ray_address(timeout_s: float = 5.0) -> None:
@@ -55,6 +67,8 @@ def probe_ray_address(timeout_s: float = 5.0) -> None:
 
 
 def start_ray(num_cpus: float | None) -> None:
+    import ray
+
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):

@@ -13,6 +13,7 @@ Exit status: 0; 1 when a trial failed or MLflow did not get every write (trackin
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from runner import storage as store
 from runner.core import budget
 from runner.masking import redact
 from runner.tracking.tracker import Tracker
-from runner.tune import callbacks, cluster, invocation, tuner
+from runner.tune import callbacks, cluster, gpus, invocation, tuner
 from runner.tune.interrupts import Interrupted, Interrupts
 
 DEFAULT_TRACKING_WAIT_S = 300.0  # after the grid, how long an unreachable MLflow may take to come back
@@ -33,7 +34,6 @@ INTERRUPTED_WAIT_S = 10.0  # the same after an interrupt: `ray job stop` SIGKILL
 class Outcome:
     rows: list[dict]
     failed: list[str]
-    unfinished: list[str]
     tracking_error: str | None
 
 
@@ -55,11 +55,16 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     # reaches MLflow now (fails fast, naming the URI) and writes nothing until the grid starts
     tracker = Tracker(loaded.name, outage_timeout_s=tracking_wait, datasets=metas)
     cluster.start_ray(num_cpus)
+    capacity = cluster.capacity()
+    choice = gpus.choose(capacity, cluster.describe())
+    auto = any(gpus.says_auto(t) for t in loaded.trials)
+    loaded = dataclasses.replace(loaded, trials=gpus.resolve(loaded.trials, choice))  # what the trials run with
     needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
-    concurrency = resources.plan_concurrency(needs, cluster.capacity(), max_concurrent)
+    concurrency = resources.plan_concurrency(needs, capacity, max_concurrent)
     if resume is None:
         invocation.write_record(storage, experiment, loaded)
-    print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}")
+    print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}"
+          + (f"; {choice.describe()}" if auto else ""))
     interrupts = Interrupts()
     with interrupts.installed():
         outcome = _grid(loaded, verdicts, tracker, interrupts, experiment=experiment, storage=storage,
@@ -74,8 +79,10 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
 def _verdict(loaded: spec.Spec, outcome: Outcome, interrupts: Interrupts, experiment: str,
              register_as: str | None, submission: str | None, eval: dict | None) -> int:
     if interrupts.signal:
-        print(f"runner: interrupted by {interrupts.name}: {len(outcome.unfinished)} unfinished trial(s) ended "
-              f"KILLED{': ' + ', '.join(outcome.unfinished) if outcome.unfinished else ''}; nothing registered. "
+        killed = [r["trial"] for r in outcome.rows if r["status"] == "KILLED"]
+        waiting = [r["trial"] for r in outcome.rows if r["status"] == "NOT STARTED"]
+        print(f"runner: interrupted by {interrupts.name}: {len(killed)} trial(s) ended KILLED"
+              f"{' (' + ', '.join(killed) + ')' if killed else ''}, {len(waiting)} not started; nothing registered. "
               f"Continue with: runner run {loaded.path} --resume {experiment}", file=sys.stderr)
         return interrupts.exit_code
     if outcome.tracking_error:
@@ -146,7 +153,6 @@ def _grid(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], tracker: Track
         bridge.end("KILLED")
     rows = _rows(loaded, bridge, grid, progress)
     failed = [r["trial"] for r in rows if r["status"] == "FAILED"]
-    unfinished = [r["trial"] for r in rows if r["status"] in ("KILLED", "NOT STARTED")]
     status = "KILLED" if interrupts.signal else "FAILED" if failed else "FINISHED"
     wait = INTERRUPTED_WAIT_S if interrupts.signal else wait
     deadline = time.monotonic() + wait
@@ -156,8 +162,10 @@ def _grid(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], tracker: Track
     delivered = bridge.writer.drain(wait + 1.0)
     bridge.writer.stop()
     error = None if delivered else f"MLflow at {tracker.uri} did not take every write within {wait:.0f} s"
-    error = error or "; ".join(bridge.writer.errors) or None
-    return Outcome(rows, failed, unfinished, error)
+    errors = bridge.writer.errors
+    if error is None and errors:
+        error = errors[0] + (f" (and {len(errors) - 1} more failed MLflow calls)" if len(errors) > 1 else "")
+    return Outcome(rows, failed, error)
 
 
 def _rows(loaded: spec.Spec, bridge: callbacks.Tracking, grid: object, progress: callbacks.Progress) -> list[dict]:

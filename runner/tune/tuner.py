@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import ray.tune
@@ -31,6 +32,8 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
               scheduler: str | None, callbacks: list, restore: bool = False,
               driver_resource: str | None = None) -> ray.tune.ResultGrid:
     """Run (or, with `restore`, resume) the grid; one trial per resolved row."""
+    # Tune warns each time retention forces a state snapshot, i.e. every few epochs of a short-epoch grid
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = ray.tune.with_resources(run_trial, trial_resources)
     callbacks = [PerTrialSettings(), *callbacks]
     path = storage_join(storage, experiment)
