@@ -36,8 +36,8 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "runner.submission": ({"torch"}, {"runner.core", "runner.data", "runner.files", "runner.tracking"}),
     "runner.tune": ({"ray", "pyarrow", "torch", "optuna"},
                     {"runner.tune", "runner.core", "runner.data", "runner.spec", "runner.tracking", "runner.resources",
-                     "runner.report", "runner.files", "runner.keys", "runner.masking", "runner.submission",
-                     "runner.storage"}),
+                     "runner.cost", "runner.report", "runner.files", "runner.keys", "runner.masking",
+                     "runner.submission", "runner.storage"}),
     "runner.cli": (None, None),  # the front door may import anything; nothing may import it
     "runner.__main__": (set(), {"runner.cli"}),
     "runner": (set(), set()),  # runner/__init__.py
