@@ -468,8 +468,6 @@ def test_a_full_disk_while_staging_one_trials_artifacts_marks_its_run_and_the_ne
         tmp_path, monkeypatch):
     """The driver stages a trial's checkpoint before uploading it; ENOSPC there ends that trial's run with
     an `artifact_error` tag, the others are unaffected, and registration takes the next best, saying so."""
-    import shutil
-
     from mlflow import MlflowClient
 
     from runner import spec as specs
@@ -480,12 +478,10 @@ def test_a_full_disk_while_staging_one_trials_artifacts_marks_its_run_and_the_ne
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    real_copy = shutil.copy2
+    real_save = checkpoint.save
 
-    def disk_full_for_best(source: str, target: str, **kwargs: object) -> object:
-        if "best" in str(source) and str(source).endswith("state.pt"):
-            raise OSError(28, "No space left on device")
-        return real_copy(source, target, **kwargs)
+    def disk_full(state: dict, directory: object) -> object:  # the staging folder's file system is full
+        raise OSError(28, "No space left on device")
 
     cfg = specs.trial_config({"data.path": "synthetic:300", "model.name": "wrn_std", "model.depth": 10,
                               "model.width": 1, "train.epochs": 1, "train.batch_size": 32})
@@ -499,9 +495,9 @@ def test_a_full_disk_while_staging_one_trials_artifacts_marks_its_run_and_the_ne
             checkpoint.save(state, tmp_path / name)
             run = tracker.start_trial(name, name, cfg)
             tracker.log_epoch(run, state["metrics"])
-            monkeypatch.setattr(shutil, "copy2", disk_full_for_best)
-            tracker.finish_trial(run, "FINISHED", tmp_path / name)
-            monkeypatch.setattr(shutil, "copy2", real_copy)
+            monkeypatch.setattr(checkpoint, "save", disk_full if name == "best" else real_save)
+            tracker.finish_trial(run, "FINISHED", tmp_path / name)  # stages the checkpoint to upload it
+            monkeypatch.setattr(checkpoint, "save", real_save)
         tracker.finish_parent()
     client = MlflowClient(uri)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("disk_full").experiment_id])}
