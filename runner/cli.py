@@ -268,6 +268,7 @@ def _check(args: argparse.Namespace) -> int:
     with real parameter counts; `--json` prints the same as JSON."""
     from runner import report, spec
     from runner.spec.check import check_spec
+    from runner.tune import gpus
 
     if args.diff:  # `--diff FROM TO`: what trial TO changes from FROM, as the report's sentence
         print("\n".join(spec.diff.describe(*args.diff, args.specs, spec_overrides(args))))
@@ -277,7 +278,7 @@ def _check(args: argparse.Namespace) -> int:
     checked = []
     for path in args.specs:
         loaded = spec.load_spec(path, spec_overrides(args))
-        loaded, gpus_note = _resolve_gpus(loaded)
+        loaded, gpus_note = gpus.for_check(loaded)  # "auto" as `runner run` would resolve it here
         checked.append(check_spec(loaded))
         if args.json:
             continue
@@ -295,18 +296,6 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         print(report.to_json(checked), end="")
     return 0
-
-
-def _resolve_gpus(loaded: object) -> tuple[object, str | None]:
-    """`scaling.gpus_per_worker: auto` as `runner run` would resolve it here, and the line saying what and why."""
-    import dataclasses
-
-    from runner.tune import gpus
-
-    if not any(gpus.says_auto(t) for t in loaded.trials):
-        return loaded, None
-    choice = gpus.choose(*gpus.planned_capacity())
-    return dataclasses.replace(loaded, trials=gpus.resolve(loaded.trials, choice)), choice.describe()
 
 
 def _with_estimate(loaded: object, header: tuple, rows: list, gpus: float, cpus: float | None) -> tuple:

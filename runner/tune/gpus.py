@@ -5,7 +5,7 @@ what was chosen and why.
 
     choice = gpus.choose(capacity, where)           # GPUs per worker for "auto", with the reason
     trials = gpus.resolve(trials, choice)           # the configs the trials run with (no "auto" left)
-    capacity, where = gpus.planned_capacity()       # for `runner check`: starts no Ray
+    loaded, note = gpus.for_check(loaded)           # `runner check`: the same, found without starting Ray
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from runner.spec import Trial
+from runner.spec import Spec, Trial
 
 AUTO = "auto"
 
@@ -67,3 +67,12 @@ def planned_capacity() -> tuple[dict[str, float], str]:
     import torch
 
     return {"GPU": float(torch.cuda.device_count())}, cluster.describe()
+
+
+def for_check(loaded: Spec) -> tuple[Spec, str | None]:
+    """`runner check`: the spec with "auto" resolved as `runner run` would here, and the line saying what
+    and why (None when no trial says auto)."""
+    if not any(says_auto(t) for t in loaded.trials):
+        return loaded, None
+    choice = choose(*planned_capacity())
+    return dataclasses.replace(loaded, trials=resolve(loaded.trials, choice)), choice.describe()
