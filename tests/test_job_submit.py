@@ -270,11 +270,13 @@ def test_job_stop_ends_the_runs_killed(head, tmp_path):
                                                submission_id).stdout):
         assert time.monotonic() < deadline, logs[-4000:]
         time.sleep(2)
+    sent = time.monotonic()
     stopped = ray_cli(head, "job", "stop", "--address", head.dashboard_url, submission_id, timeout_s=120)
+    print(f"\nray job stop returned {time.monotonic() - sent:.1f} s after it was run")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     status = ray_cli(head, "job", "status", "--address", head.dashboard_url, submission_id)
     logs = ray_cli(head, "job", "logs", "--address", head.dashboard_url, submission_id).stdout
-    assert "STOPPED" in status.stdout + status.stderr, status.stdout + status.stderr
+    assert "was stopped" in status.stdout + status.stderr, status.stdout + status.stderr  # STOPPED
     assert "runner: interrupted by SIGTERM" in logs and "--resume smoke-" in logs, logs[-4000:]
 
     experiment = next((tmp_path / "results").glob("smoke-*"))

@@ -162,7 +162,9 @@ class Tracking(ray.tune.Callback):
         need = resources.need_of(record["name"], record["config"]["scaling"])
         record["cost"] = cost.trial_cost(need, time.monotonic() - record["started"],
                                          [m.get("images_per_s", float("nan")) for m in record["history"].values()])
-        locate = self._best_checkpoint(record["trial"])
+        # An interrupted trial's run ends with its metrics only: the interrupt must end fast (`ray job stop`
+        # SIGKILLs seconds later), and `--resume` finishes the trial and logs its checkpoint then.
+        locate = (lambda: None) if status == "KILLED" else self._best_checkpoint(record["trial"])
         self.writer.submit(f"end the run of {record['name']}", lambda: self._with_run(
             trial_id, lambda run: self._finish_run(run, status, locate)))
 
