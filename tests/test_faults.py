@@ -104,7 +104,9 @@ def start_cluster(short_dir: str, workers: int):  # noqa: ANN201 - a ray.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("workers", [1, 2])
-def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeypatch, workers):
+def test_node_loss_resumes_from_the_last_committed_checkpoint(s3, short_dir, monkeypatch, workers):
+    """Checkpoints in a bucket (the S3 server of tests/conftest.py), as on the cluster: the restarted
+    training finds its last committed checkpoint there, not on any node's disk."""
     import ray
     from mlflow import MlflowClient
 
@@ -123,12 +125,12 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
         watch = watch_callback()
         tracker = tracking.Tracker("node_loss", uri, staging_dir=short_dir)
         parent = tracker.start_parent(run_name="node-loss")
-        bridge = callbacks.Tracking(tracker, {}, {}, f"{short_dir}/results")
+        bridge = callbacks.Tracking(tracker, {}, {}, s3.uri("runs"))
         outcome: dict = {}
 
         def grid() -> None:  # cluster.add_node/remove_node need the main thread: the grid runs here
             try:
-                outcome["grid"] = tuner.run_tuner(trials, experiment="node-loss", storage=f"{short_dir}/results",
+                outcome["grid"] = tuner.run_tuner(trials, experiment="node-loss", storage=s3.uri("runs"),
                                                  max_concurrent=1, scheduler=None, callbacks=[watch, bridge],
                                                  driver_resource="trial_driver" if workers > 1 else None)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
@@ -139,8 +141,10 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
         assert watch.first_checkpoint.wait(240), "no committed checkpoint within 240 s"
         killed_at = time.monotonic()
         seen_before_kill = [r["epoch"] for r in watch.results]
-        cluster.add_node(num_cpus=1, object_store_memory=100 * MB)  # what the autoscaler would do
+        # The node dies first, then the replacement comes (what the autoscaler does): adding a node takes
+        # seconds, longer than the remaining epochs once uploads no longer hold the training loop.
         cluster.remove_node(nodes[0], allow_graceful=False)  # a node holding the training dies mid-epoch
+        cluster.add_node(num_cpus=1, object_store_memory=100 * MB)
         thread.join(300)
         assert not thread.is_alive(), "the grid did not finish within 300 s of the node loss"
         if "error" in outcome:
@@ -162,6 +166,9 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(short_dir, monkeyp
     before = [r for r in watch.results if r["at"] < first["at"]]
     # It restarted from the last checkpoint committed (every committed one reached Tune) ...
     assert first["resumed_from"] == before[-1]["epoch"]
+    # ... which lay in the bucket: no node's disk holds one
+    assert any(k.endswith("/state.pt") for k in s3.keys("runs/node-loss"))
+    assert not os.path.exists(f"{short_dir}/results")
     assert first["epoch"] == first["resumed_from"] + 1
     # ... so the epoch in flight at the kill is the only work done twice, and it finished every epoch.
     assert epochs == [1, 2, 3, 4], epochs
@@ -269,20 +276,22 @@ def cmdline(pid: int) -> str:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_killed_driver_resumes_the_grid_and_loses_no_epoch(short_dir):
+def test_killed_driver_resumes_the_grid_and_loses_no_epoch(s3, short_dir):
     """SIGKILL the driver at a random epoch of the DDP trial (the 1-worker `solo` trains beside it), then
     `--resume`: finished trials are not run again, unfinished ones continue from their last committed
     checkpoint, and every trial's MLflow history is exactly epochs 1..E: the epochs whose results the
     killed driver never received come back from the history the trial wrote beside its checkpoints."""
     from mlflow import MlflowClient
 
+    from runner import storage
+
     spec = write_spec(short_dir, KILLED)
     uri = f"sqlite:///{short_dir}/mlflow.db"
     # RAY_TMPDIR: this driver's local Ray keeps to its own folder and never finds another cluster's address
     env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": f"{short_dir}/t"}
     env.pop("RAY_ADDRESS", None)
-    args = ["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "2",
-            "--no-register"]
+    # Tune's state and the checkpoints in a bucket, as on the cluster: the second driver finds them there
+    args = ["run", spec, "--storage", s3.uri("runs"), "--num-cpus", "2", "--max-concurrent", "2", "--no-register"]
     kill_at = random.randint(1, 4)
     first = Driver(args, short_dir, env)
     try:
@@ -301,11 +310,12 @@ def test_killed_driver_resumes_the_grid_and_loses_no_epoch(short_dir):
     assert code == 0, out[-5000:]
     assert "[first]" not in out  # finished before the kill: not run again
     assert re.search(r"\[ddp\] resumed from its epoch-(\d) checkpoint", out), out[-5000:]
-    experiment = next(d for d in os.listdir(f"{short_dir}/results") if d.startswith("killed_driver-"))
-    with open(f"{short_dir}/results/{experiment}/results.csv") as fh:
-        rows = {r["trial"]: r for r in csv.DictReader(fh)}
+    experiment = next(d for d in storage.subfolders(s3.uri("runs")) if d.startswith("killed_driver-"))
+    rows = {r["trial"]: r for r in csv.DictReader(storage.read_text(
+        f"{s3.uri('runs')}/{experiment}/results.csv").splitlines())}
     assert {k: (r["status"], r["epochs"]) for k, r in rows.items()} == {
         "first": ("FINISHED", "2"), "solo": ("FINISHED", "6"), "ddp": ("FINISHED", "6")}
+    assert not os.path.exists(f"{short_dir}/results")  # nothing a new driver would need is on this disk
 
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("killed_driver").experiment_id
