@@ -210,9 +210,3 @@ def test_the_gate_trains_only_in_budget_samples_and_optuna_learns_the_cap(tmp_pa
             late[algorithm] += sum(fates[20:])
     assert late["random"] >= 20  # ~half of 60 late draws over the cap, as the space says
     assert late["optuna"] < 0.7 * late["random"], late  # told the rejections, TPE samples there less
-
-
-def test_runner_run_of_a_search_spec_refuses_before_spending_anything(capsys, tmp_path):
-    assert main(["run", "experiments/m5_search.yaml", "--storage", str(tmp_path / "results")]) == 2
-    assert "field search: `runner run` of a `search:` spec is not wired yet" in capsys.readouterr().err
-    assert not (tmp_path / "results").exists()

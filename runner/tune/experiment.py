@@ -24,6 +24,7 @@ from runner.core import budget
 from runner.masking import redact
 from runner.tracking.tracker import Tracker
 from runner.tune import callbacks, cluster, gpus, invocation, tuner
+from runner.tune import search as tune_search
 from runner.tune.interrupts import Interrupted, Interrupts
 
 DEFAULT_TRACKING_WAIT_S = 300.0  # after the grid, how long an unreachable MLflow may take to come back
@@ -44,9 +45,7 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     invocation.check_arguments(max_concurrent=max_concurrent, num_cpus=num_cpus, register_as=register_as,
                                submission=submission, tracking_wait=tracking_wait)
     loaded = spec.load_spec(path, overrides)
-    if loaded.search is not None:  # the Tune side lands with the engine's trial paths (runner/tune/search.py)
-        raise spec.SpecError(path, "`runner run` of a `search:` spec is not wired yet; `runner check` shows its "
-                                   "space and first samples", field="search")
+    scheduler = scheduler or (loaded.search.scheduler if loaded.search else None)  # --scheduler wins
     storage = invocation.storage_root(storage)
     verdicts, metas = _preflight(loaded, storage)
     invocation.check_submission_data(loaded, metas, submission)
@@ -57,19 +56,23 @@ def run_spec(path: str, overrides: list[str], *, max_concurrent: int | None, sch
     cluster.start_ray(num_cpus)
     capacity = cluster.capacity()
     choice = gpus.choose(capacity, cluster.describe())
-    auto = any(gpus.says_auto(t) for t in loaded.trials)
+    auto = any(gpus.says_auto(t) for t in _shapes(loaded))
     loaded = dataclasses.replace(loaded, trials=gpus.resolve(loaded.trials, choice))  # what the trials run with
-    needs = [resources.need_of(t.name, t.config["scaling"]) for t in loaded.trials]
+    if loaded.search is not None:  # every sample the gate lets through runs with the same choice
+        loaded = dataclasses.replace(loaded, search=_resolved_gpus(loaded.search, choice))
+    needs = [resources.need_of(t.name, t.config["scaling"]) for t in _shapes(loaded)]
     concurrency = resources.plan_concurrency(needs, capacity, max_concurrent)
     if resume is None:
         invocation.write_record(storage, experiment, loaded)
-    print(f"{loaded.name}: {len(loaded.trials)} trial(s), {concurrency} at a time; experiment {experiment}"
+    what = (f"a {loaded.search.algorithm} search of {loaded.search.num_samples} samples" if loaded.search
+            else f"{len(loaded.trials)} trial(s)")
+    print(f"{loaded.name}: {what}, {concurrency} at a time; experiment {experiment}"
           + (f"; {choice.describe()}" if auto else ""))
     interrupts = Interrupts()
     with interrupts.installed():
         outcome = _grid(loaded, verdicts, tracker, interrupts, experiment=experiment, storage=storage,
                         concurrency=concurrency, scheduler=scheduler, resume=resume is not None,
-                        wait=tracking_wait)
+                        wait=tracking_wait, metas=metas)
     table = report.results_table(outcome.rows)
     print("\n" + report.to_markdown(table))
     print(f"results: {_save_csv(table, storage, experiment)}")
@@ -109,7 +112,7 @@ def _preflight(loaded: spec.Spec, storage: str) -> tuple[dict[str, budget.Verdic
         raise store.StorageError(f"storage (--storage or RUNNER_STORAGE) {err}") from err
     metas: dict[str, data.Meta] = {}
     verdicts = {}
-    for trial in loaded.trials:
+    for trial in _shapes(loaded):
         where = f"{loaded.path}: row {trial.name!r}"
         path = trial.config["data"]["path"]
         try:
@@ -122,6 +125,8 @@ def _preflight(loaded: spec.Spec, storage: str) -> tuple[dict[str, budget.Verdic
             data.check_num_classes(metas[path], trial.config["data"]["num_classes"], path)
         except data.DataError as err:
             raise data.DataError(f"{where}: field data.num_classes: {err}") from err
+        if loaded.search is not None:
+            continue  # a search judges each sample's budget as it draws it (runner/tune/search.py)
         try:
             verdicts[trial.name] = budget.enforce(trial.config["model"], metas[path].num_classes,
                                                   trial.config["budget"])
@@ -133,11 +138,11 @@ def _preflight(loaded: spec.Spec, storage: str) -> tuple[dict[str, budget.Verdic
 
 def _grid(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], tracker: Tracker, interrupts: Interrupts, *,
           experiment: str, storage: str, concurrency: int, scheduler: str | None, resume: bool,
-          wait: float) -> Outcome:
+          wait: float, metas: dict[str, data.Meta]) -> Outcome:
     progress = callbacks.Progress()
-    bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials},
-                                {name: {"params": v.params, "within_budget": v.within} for name, v in verdicts.items()},
-                                storage)
+    budgets = {name: {"params": v.params, "within_budget": v.within} for name, v in verdicts.items()}
+    bridge = callbacks.Tracking(tracker, {t.name: t.reported for t in loaded.trials}, budgets, storage)
+    gate = tune_search.gate(loaded.search, metas, budgets) if loaded.search else None
     bridge.writer.submit("start the parent run", lambda: tracker.start_parent(
         spec_path=loaded.path, run_name=experiment, invocation_id=experiment, resume=resume))
     started = time.monotonic()
@@ -145,13 +150,13 @@ def _grid(loaded: spec.Spec, verdicts: dict[str, budget.Verdict], tracker: Track
         with interrupts.tuning():
             grid = tuner.run_tuner(loaded.trials, experiment=experiment, storage=storage,
                                   max_concurrent=concurrency, scheduler=scheduler, callbacks=[progress, bridge],
-                                  restore=resume, driver_resource=cluster.driver_resource())
+                                  restore=resume, driver_resource=cluster.driver_resource(), search=gate)
     except Interrupted:  # before Tune could stop the grid itself: no trial had started
         grid = []
     print(f"grid wall time {time.monotonic() - started:.1f} s")
     if interrupts.signal:
         bridge.end("KILLED")
-    rows = _rows(loaded, bridge, grid, progress)
+    rows = tune_search.rows(gate, bridge, grid, progress) if gate else _rows(loaded, bridge, grid, progress)
     failed = [r["trial"] for r in rows if r["status"] == "FAILED"]
     status = "KILLED" if interrupts.signal else "FAILED" if failed else "FINISHED"
     wait = INTERRUPTED_WAIT_S if interrupts.signal else wait
@@ -208,6 +213,18 @@ def _row_from_tune(trial: spec.Trial, result: object) -> dict:
             "reported": dict(trial.reported)}
 
 
+def _resolved_gpus(found: spec.search.Search, choice: gpus.Choice) -> spec.search.Search:
+    def resolve(sample: dict, name: str) -> dict:
+        return gpus.resolve([spec.Trial(name=name, config=found.resolve(sample, name))], choice)[0].config
+    return dataclasses.replace(found, resolve=resolve)
+
+
+def _shapes(loaded: spec.Spec) -> list[spec.Trial]:
+    """The trials whose data, budget and resources the pre-flight checks: a grid's rows, or a search's
+    base (every sample shares its data set and scaling; each sample's budget is judged as it is drawn)."""
+    return loaded.trials if loaded.search is None else [spec.Trial(name="base", config=loaded.search.base())]
+
+
 def _save_csv(table: list[dict], storage: str, experiment: str) -> str:
     """Beside Tune's state (a local folder or the bucket); a kill leaves the old file or the new one."""
     target = f"{storage}/{experiment}/results.csv"
@@ -221,6 +238,6 @@ def _register_and_submit(loaded: spec.Spec, model_name: str, out: str | None, ev
 
     outcome = registry.register_best(loaded.name, name=model_name)  # prints the alias comparison
     if out and outcome.version is not None:
-        data_path = loaded.trials[0].config["data"]["path"]
+        data_path = _shapes(loaded)[0].config["data"]["path"]
         submission.make_submission(f"models:/{model_name}/{outcome.version}", data_path, out, eval=eval)
         print(f"submission: {out}")

@@ -12,6 +12,7 @@ import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 
 from runner.spec import Trial
+from runner.tune.search import BudgetGate
 from runner.tune.trial import METRIC, MODE, run_trial, trial_resources
 
 
@@ -30,8 +31,9 @@ class PerTrialSettings(ray.tune.Callback):
 
 def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurrent: int,
               scheduler: str | None, callbacks: list, restore: bool = False,
-              driver_resource: str | None = None) -> ray.tune.ResultGrid:
-    """Run (or, with `restore`, resume) the grid; one trial per resolved row."""
+              driver_resource: str | None = None, search: BudgetGate | None = None) -> ray.tune.ResultGrid:
+    """Run (or, with `restore`, resume) the grid; one trial per resolved row, or with `search` one per
+    sample the budget gate lets through (runner/tune/search.py)."""
     # Tune warns each time retention forces a state snapshot, i.e. every few epochs of a short-epoch grid
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = ray.tune.with_resources(run_trial, trial_resources)
@@ -45,15 +47,21 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner.fit()
     param_space = {
-        "trial": ray.tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
         "train_storage": storage_join(storage, experiment, "train"),
         "driver_resource": driver_resource,
     }
+    if search is None:
+        param_space["trial"] = ray.tune.grid_search([{"name": t.name, "config": t.config} for t in trials])
+        sampling = {"metric": METRIC, "mode": MODE}
+    else:  # the gate suggests {"trial": ...}; it says FINISHED after num_samples draws
+        sampling = {"metric": search.found.metric, "mode": search.found.mode, "search_alg": search,
+                    "num_samples": -1}
+        trials = [Trial(name="base", config=search.found.base())]  # the shape every sample shares
     in_process = [t for t in trials if t.config["scaling"]["workers"] == 1]
     tuner = ray.tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=ray.tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=max_concurrent,
+        tune_config=ray.tune.TuneConfig(**sampling, max_concurrent_trials=max_concurrent,
                                         scheduler=_scheduler(scheduler, trials),
                                         trial_name_creator=_trial_label,
                                         trial_dirname_creator=_trial_dirname,
