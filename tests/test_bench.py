@@ -78,3 +78,11 @@ def test_logged_model_cost_bench_compares_before_and_now_against_a_real_server()
     lines = run_bench("logged_model_cost.py", timeout=170)
     assert lines[-1].startswith("ratio now / before: time ")
     assert any(line.startswith("now: checkpoint less optimizer state + logged model") for line in lines)
+
+
+@pytest.mark.timeout(240)
+def test_tracking_load_bench_runs_both_writers_against_a_real_server_and_drops_nothing():
+    lines = run_bench("tracking_load.py", timeout=230)
+    assert lines[-1].startswith("ratio results/s written after / before")
+    dropped = [line for line in lines if "dropped:" in line]
+    assert len(dropped) == 2 and all(" dropped: 0 of " in line and "unsent at flush: 0" in line for line in dropped)

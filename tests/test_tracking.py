@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from runner import cli
 from runner.tracking import liveness, queries
-from runner.tracking.connection import TrackingError
+from runner.tracking.batching import MetricBatcher
+from runner.tracking.connection import TrackingError, is_transient
 from runner.tracking.tracker import Tracker
 
 CLASSES = [f"c{i}" for i in range(10)]
@@ -155,7 +157,12 @@ def test_refused_write_raises_at_once(tracking_uri: str) -> None:
     run_id = tracker.start_trial("t0", "row-0", config(0.1))
     with pytest.raises(TrackingError, match="refused"):  # a param may not change value: a bug, not an outage
         tracker._queue.submit("param", lambda: tracker.client.log_param(run_id, "optimizer.lr", "0.5"))
-    tracker.close()
+    tracker.finish_trial(run_id)
+    assert tracker.flush(timeout_s=30) == 0
+    tracker.client.delete_run(run_id)  # metrics for a deleted run are refused: sent by the batcher, named at close
+    tracker.log_epoch(run_id, epoch(1, 0.5))
+    with pytest.raises(TrackingError, match=r"refused 1 metric batch\(es\): .* metrics of run"):
+        tracker.close()
 
 
 def test_runs_never_left_running(tracking_uri: str) -> None:
@@ -269,3 +276,30 @@ def test_real_server_outage_loses_no_metric(mlflow_server, fast_http: None, tmp_
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "checkpoint/state.pt" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+
+
+def test_metric_batcher_delivers_every_metric_in_order_in_fewer_requests(tracking_uri: str) -> None:
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("batched")
+    runs = [client.create_run(experiment).info.run_id for _ in range(5)]
+    sent: list[int] = []
+    real = client.log_batch
+
+    def counted(run_id: str, metrics: list = (), **kwargs: object) -> object:
+        sent.append(len(metrics))
+        return real(run_id, metrics=metrics, **kwargs)
+
+    client.log_batch = counted
+    batcher = MetricBatcher(client, is_transient, senders=2)
+    now = int(time.time() * 1000)
+    for step in range(1, 41):  # 5 runs x 40 epochs x 2 metrics, faster than one request per epoch
+        for run_id in runs:
+            batcher.add(run_id, [Metric("val_acc", step / 100, now, step), Metric("lr", 0.1, now, step)])
+    assert batcher.close(timeout_s=120) == 0 and not batcher.errors
+    for run_id in runs:
+        assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 41))
+    assert sum(sent) == 5 * 40 * 2 and len(sent) < 5 * 40  # several epochs per request
+
+    refused = MetricBatcher(client, is_transient, senders=1)
+    refused.add("no-such-run", [Metric("val_acc", 0.1, now, 1)])
+    assert refused.close(timeout_s=60) == 0 and "no-such-run" in refused.errors[0]  # recorded, not retried

@@ -15,7 +15,7 @@ from runner import cost
 from runner.masking import redact
 from runner.tracking import liveness
 from runner.tracking.connection import TrackingError, connect, quote
-from runner.tracking.tracker import SUMMARY
+from runner.tracking.summary import SUMMARY
 
 
 def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, where: str = "") -> list:

@@ -2,12 +2,13 @@
 
 One experiment per spec name; one parent run per `runner run` invocation; one child run per trial
 (`mlflow.parentRunId`), named after its row, with the resolved config as dotted params (secrets masked),
-per-epoch metrics at `step=epoch`, artifacts `config/resolved.yaml`, `plots/{curves,confusion}.png`,
-`checkpoint/state.pt` (less its optimizer state), its data set as a run input, its best checkpoint as a logged model
-(`runner.tracking.pyfunc`) and its cost (`runner.cost`); the parent gets `results/results.{csv,md}`
-and the summed cost. Writes go through the
-`WriteQueue`. Runs are never left RUNNING: `close(status)`, an interrupted `runner run` (runner.tune.interrupts), and
-`runner mlflow reconcile` (runner.tracking.queries) for runs whose driver was SIGKILLed.
+per-epoch metrics at `step=epoch` (batched per run: runner.tracking.batching), artifacts
+`config/resolved.yaml`, `plots/{curves,confusion}.png`, `checkpoint/state.pt` (less its optimizer
+state), its data set as a run input, its best checkpoint as a logged model (runner.tracking.pyfunc)
+and its cost (runner.cost); the parent gets `results/results.{csv,md}`, the summed cost and its
+driver's liveness tags. Other writes go through the `WriteQueue`. Runs are never left RUNNING:
+`close(status)`, an interrupted `runner run` (runner.tune.interrupts), and `runner mlflow reconcile`
+(runner.tracking.queries) for runs whose driver is gone.
 """
 
 from __future__ import annotations
@@ -29,26 +30,19 @@ from runner import cost, report
 from runner.masking import flatten_params, mask_secrets, redact
 from runner.resources import TrialNeed, need_of
 from runner.tracking import liveness
-from runner.tracking.connection import TrackingError, connect, ensure_experiment, quote, reach
+from runner.tracking import summary as summary_of
+from runner.tracking.batching import MetricBatcher
+from runner.tracking.connection import TrackingError, connect, ensure_experiment, is_transient, quote, reach
 from runner.tracking.provenance import DataSets, invocation_tags
 from runner.tracking.queue import WriteQueue
+from runner.tracking.summary import SUMMARY, best_epoch, numeric
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
-# Tune's bookkeeping in a reported result; not training metrics.
-NOT_METRICS = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-               "time_since_restore", "iterations_since_restore", "timesteps_total", "done",
-               "episodes_total", "timesteps_since_restore"}
-SUMMARY = ("train_loss", "train_acc", "val_loss", "val_acc")  # logged as best_<key> at the best epoch
 # A trial's status (tag `status`, the results table) -> its MLflow run status. STOPPED: a scheduler (ASHA)
 # ended it early, by design; MLflow has no such status, and the run did end normally.
 RUN_STATUS = {"FINISHED": "FINISHED", "STOPPED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED"}
-
-
-def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if k not in NOT_METRICS and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Tracker:
@@ -72,6 +66,7 @@ class Tracker:
         self.parent_run_id: str | None = None
         self.invocation_id: str | None = None
         self._heartbeat: liveness.Heartbeat | None = None  # for `runner mlflow reconcile`
+        self._metrics: MetricBatcher | None = None  # per-epoch metrics: batched per run, sent by threads
         self._open: dict[str, str] = {}  # run id -> trial id, for runs not yet ended
         self._seen: set[tuple[str, str, int]] = set()  # (run, key, step): a re-reported epoch is skipped
         self._history: dict[str, dict[int, dict[str, float]]] = {}
@@ -107,7 +102,18 @@ class Tracker:
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Retry queued writes until all are delivered or `timeout_s` passes; returns how many are left."""
-        return self._queue.flush(timeout_s)
+        deadline = time.monotonic() + (self.outage_timeout_s if timeout_s is None else timeout_s)
+        left = self._metrics.flush(None, timeout_s=deadline - time.monotonic()) if self._metrics else 0
+        return left + self._queue.flush(max(0.0, deadline - time.monotonic()))
+
+    def backlog(self) -> int:
+        """Writes and metrics waiting to be delivered."""
+        return len(self._queue.pending) + (self._metrics.depth() if self._metrics else 0)
+
+    def _batcher(self) -> MetricBatcher:
+        if self._metrics is None:
+            self._metrics = MetricBatcher(self.client, is_transient, uri=self.uri)
+        return self._metrics
 
     # ---- runs ----------------------------------------------------------------------------------
     def _find(self, filter_string: str) -> Any | None:
@@ -226,15 +232,14 @@ class Tracker:
         re-reporting an epoch) are skipped, so the history stays one value per step."""
         step = int(metrics["epoch"]) if step is None else step
         now = int(time.time() * 1000)
-        fresh = [Metric(k, v, now, int(step)) for k, v in _numeric(metrics).items()
+        fresh = [Metric(k, v, now, int(step)) for k, v in numeric(metrics).items()
                  if (run_id, k, int(step)) not in self._seen]
         if not fresh:
             self._queue.drain()
             return
         self._seen.update((run_id, m.key, m.step) for m in fresh)
         self._history.setdefault(run_id, {}).setdefault(int(step), {}).update({m.key: m.value for m in fresh})
-        self._queue.submit(f"metrics at step {step}",
-                           lambda: self.client.log_batch(run_id, metrics=fresh, synchronous=True))
+        self._batcher().add(run_id, fresh)  # batched with the run's other epochs, sent by other threads
 
     def finish_trial(self, run_id: str, status: str = "FINISHED", checkpoint: str | os.PathLike | None = None,
                      history: Mapping[int, Mapping[str, float]] | None = None) -> dict:
@@ -254,7 +259,7 @@ class Tracker:
         best = best_epoch(history)
         summary = dict(history.get(best, {})) if best is not None else {}
         if state is not None:
-            summary.update(_numeric(state.get("metrics") or {}))
+            summary.update(numeric(state.get("metrics") or {}))
             best = int(state.get("epoch", best or 0))
             for key in ("params", "within_budget"):
                 if key in state:
@@ -281,21 +286,10 @@ class Tracker:
         started, need, data = self._trials.pop(run_id, (None, None, None))
         costs = {} if need is None else cost.trial_cost(
             need, time.monotonic() - started, [m.get("images_per_s", math.nan) for m in history.values()])
-        fresh = {f"best_{k}": summary[k] for k in SUMMARY if k in summary and not math.isnan(summary[k])
-                 and (run_id, f"best_{k}", last) not in self._seen}
-
-        def write_summary() -> None:
-            # best_* describe the logged model on its data set, so MLflow's model view shows them with it
-            link = {"model_id": model.get("id")}
-            if data is not None:
-                link.update(dataset_name=data.dataset.name, dataset_digest=data.dataset.digest)
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, last, **link) for k, v in fresh.items()]
-            metrics += [Metric(k, v, now, last) for k, v in costs.items()]
-            self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()],
-                                  synchronous=True)
-
-        self._queue.submit("trial summary", write_summary)
+        fresh = {k: v for k, v in summary_of.best_values(summary).items() if (run_id, k, last) not in self._seen}
+        self._queue.submit("trial summary", lambda: self.client.log_batch(  # model id: set by the write above
+            run_id, metrics=summary_of.metrics(fresh, costs, last, model.get("id"), data),
+            tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True))
         ended = RUN_STATUS.get(status, "FAILED")
         self._queue.submit("end trial run", lambda: self.client.set_terminated(run_id, ended))
         self._open.pop(run_id, None)
@@ -344,19 +338,25 @@ class Tracker:
         self._queue.closed = True
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        deadline = time.monotonic() + (self.outage_timeout_s if timeout_s is None else timeout_s)
+        left = self._metrics.close(timeout_s=deadline - time.monotonic()) if self._metrics else 0
         # trials first, then the parent; queued behind any writes still pending, delivered by flush
         ended = RUN_STATUS.get(status, "FAILED")
         for run_id in sorted(self._open, key=lambda r: not self._open[r]):
             self._queue.pending.append(("end open run", lambda r=run_id: self.client.set_terminated(r, ended)))
         self._open.clear()
-        left = self.flush(timeout_s)
+        left += self._queue.flush(max(0.0, deadline - time.monotonic()))
         if self._staged is not None:
             shutil.rmtree(self._staged, ignore_errors=True)
+        last_error = self._queue.last_error or (self._metrics.last_error if self._metrics else None)
+        if self._metrics and self._metrics.errors:  # a bug in what we sent, not an outage: as the queue would
+            raise TrackingError(f"MLflow at {self.uri} refused {len(self._metrics.errors)} metric batch(es): "
+                                f"{self._metrics.errors[0]}")
         if left:
             raise TrackingError(
                 f"{left} MLflow writes (params/metrics/artifacts/run ends) could not be delivered to "
                 f"{self.uri} within {self.outage_timeout_s if timeout_s is None else timeout_s:.0f}s "
-                f"(last error: {redact(str(self._queue.last_error))}). The runs in experiment "
+                f"(last error: {redact(str(last_error))}). The runs in experiment "
                 f"{self.experiment_name!r} are incomplete; once the server is back, `runner mlflow reconcile` "
                 "ends runs left RUNNING.")
 
@@ -371,9 +371,3 @@ class Tracker:
             self.close("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
         except TrackingError as err:
             log.error("%s", err)
-
-
-def best_epoch(history: Mapping[int, Mapping[str, float]]) -> int | None:
-    """The epoch with the highest val_acc (the latest of equals), else the last epoch."""
-    scored = [(v["val_acc"], step) for step, v in history.items() if "val_acc" in v]
-    return max(scored)[1] if scored else (max(history) if history else None)

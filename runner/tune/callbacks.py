@@ -21,7 +21,7 @@ import ray.tune
 from runner import cost, resources
 from runner.report import format_epoch
 from runner.tracking.queue import Background
-from runner.tracking.tracker import SUMMARY, best_epoch
+from runner.tracking.summary import SUMMARY, best_epoch
 
 Trial = ray.tune.experiment.Trial
 
