@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from runner import cli
 from runner.tracking import liveness, queries
 from runner.tracking.batching import MetricBatcher
 from runner.tracking.connection import TrackingError, is_transient
+from runner.tracking.outage import Outage
+from runner.tracking.queue import WriteQueue
 from runner.tracking.tracker import Tracker
 
 CLASSES = [f"c{i}" for i in range(10)]
@@ -303,3 +306,34 @@ def test_metric_batcher_delivers_every_metric_in_order_in_fewer_requests(trackin
     refused = MetricBatcher(client, is_transient, senders=1)
     refused.add("no-such-run", [Metric("val_acc", 0.1, now, 1)])
     assert refused.close(timeout_s=60) == 0 and "no-such-run" in refused.errors[0]  # recorded, not retried
+
+
+def test_an_outage_seen_by_both_writers_is_reported_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The write queue and the metric batcher share one `Outage`: 'unreachable' when the first fails,
+    'is back' only when the last one has delivered what it buffered."""
+    down = MlflowException("connection refused", error_code="TEMPORARILY_UNAVAILABLE")
+    state = {"up": False}
+
+    def write() -> None:
+        if not state["up"]:
+            raise down
+
+    class Client:
+        def log_batch(self, run_id: str, metrics: list = (), **kwargs: object) -> None:
+            write()
+
+    outage = Outage("http://***@head:5000")
+    queue = WriteQueue(outage.uri, outage_timeout_s=30, outage=outage)
+    batcher = MetricBatcher(Client(), is_transient, senders=1, outage=outage)
+    with caplog.at_level(logging.WARNING):
+        queue.submit("log param", write)
+        batcher.add("run", [Metric("val_acc", 0.5, 0, 1)])
+        assert batcher.flush(timeout_s=1.5) == 1  # still buffered: the server is down
+        state["up"] = True
+        assert batcher.flush(timeout_s=30) == 0
+        assert outage.ongoing  # the queue has not delivered yet
+        assert queue.flush(timeout_s=30) == 0
+        batcher.close(timeout_s=5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in line for line in lines) == 1, lines
+    assert sum("is back" in line for line in lines) == 1 and not outage.ongoing, lines

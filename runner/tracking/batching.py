@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runner.masking import redact
+from runner.tracking.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ SENDERS = 4
 
 class MetricBatcher:
     def __init__(self, client: Any, is_transient: Callable[[BaseException], bool], *, uri: str = "",
-                 senders: int = SENDERS) -> None:
+                 senders: int = SENDERS, outage: Outage | None = None) -> None:
         self.client, self.uri, self._transient = client, uri, is_transient
+        self.outage = outage or Outage(uri)
         self.errors: list[str] = []
         self.last_error: BaseException | None = None
         self._pending: dict[str, list[Any]] = {}  # run id -> metrics not yet sent, in order
@@ -45,7 +47,7 @@ class MetricBatcher:
         self._sending: set[str] = set()
         self._changed = threading.Condition()
         self._closed = False
-        self._retry_at, self._backoff, self._failing = 0.0, 0.5, False
+        self._retry_at, self._backoff = 0.0, 0.5
         self._threads = [threading.Thread(target=self._send_loop, name=f"mlflow-metrics-{i}", daemon=True)
                          for i in range(senders)]
         for thread in self._threads:
@@ -121,15 +123,11 @@ class MetricBatcher:
                 return True
             with self._changed:
                 self.last_error = exc
-                if not self._failing:
-                    log.warning("MLflow at %s unreachable (%s); buffering metrics and retrying", self.uri,
-                                redact(str(exc)))
-                self._failing = True
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, 15.0)
+            self.outage.failed("metrics", exc)
             return False
         with self._changed:
-            if self._failing:
-                log.warning("MLflow at %s is back; buffered metrics delivered", self.uri)
-            self._failing, self._backoff = False, 0.5
+            self._backoff = 0.5
+        self.outage.delivered("metrics")
         return True

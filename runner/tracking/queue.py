@@ -20,13 +20,15 @@ from typing import Any
 
 from runner.masking import redact
 from runner.tracking.connection import TrackingError, is_transient
+from runner.tracking.outage import Outage
 
 log = logging.getLogger(__name__)
 
 
 class WriteQueue:
-    def __init__(self, uri: str, outage_timeout_s: float) -> None:
+    def __init__(self, uri: str, outage_timeout_s: float, outage: Outage | None = None) -> None:
         self.uri = uri  # masked: for messages only
+        self.outage = outage or Outage(uri)
         self.outage_timeout_s = outage_timeout_s
         self.pending: deque[tuple[str, Callable[[], Any]]] = deque()
         self.closed = False
@@ -58,7 +60,7 @@ class WriteQueue:
                 return False
             self.pending.popleft()
         if self._failing_since is not None:
-            log.warning("MLflow at %s is back; buffered writes delivered", self.uri)
+            self.outage.delivered("writes")
         self._failing_since, self._backoff, self._retry_at = None, 0.5, 0.0
         return True
 
@@ -88,7 +90,7 @@ class WriteQueue:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("MLflow at %s unreachable (%s); buffering writes and retrying", self.uri, redact(str(exc)))
+        self.outage.failed("writes", exc)
         self.last_error = exc
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, 15.0)

@@ -33,6 +33,7 @@ from runner.tracking import liveness
 from runner.tracking import summary as summary_of
 from runner.tracking.batching import MetricBatcher
 from runner.tracking.connection import TrackingError, connect, ensure_experiment, is_transient, quote, reach
+from runner.tracking.outage import Outage
 from runner.tracking.provenance import DataSets, invocation_tags
 from runner.tracking.queue import WriteQueue
 from runner.tracking.summary import SUMMARY, best_epoch, numeric
@@ -73,7 +74,8 @@ class Tracker:
         self._rows: dict[str, dict] = {}
         self._datasets = DataSets(datasets)
         self._trials: dict[str, tuple[float, TrialNeed | None, Any]] = {}  # run id -> (start, need, data set)
-        self._queue = WriteQueue(self.uri, outage_timeout_s)
+        self._outage = Outage(self.uri)  # one report per outage for both writers
+        self._queue = WriteQueue(self.uri, outage_timeout_s, self._outage)
         self._staging_dir = staging_dir
         self._staged: Path | None = None
 
@@ -112,7 +114,7 @@ class Tracker:
 
     def _batcher(self) -> MetricBatcher:
         if self._metrics is None:
-            self._metrics = MetricBatcher(self.client, is_transient, uri=self.uri)
+            self._metrics = MetricBatcher(self.client, is_transient, uri=self.uri, outage=self._outage)
         return self._metrics
 
     # ---- runs ----------------------------------------------------------------------------------
