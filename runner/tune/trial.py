@@ -67,9 +67,10 @@ def _train_in_process(cfg: dict) -> None:
 
     send = _InBackground()
     device = torch.device("cuda", 0) if resources.gpus(scaling) else torch.device("cpu")
+    report = _reporter(resume, history, nodes=1, send=send, rank=0)
     try:
-        train.fit(cfg, train_split, val_split, classes, _reporter(resume, history, nodes=1, send=send, rank=0),
-                  device=device, resume=resume)
+        if not _reported_as_finished(cfg, resume, history, report):
+            train.fit(cfg, train_split, val_split, classes, report, device=device, resume=resume)
     except BaseException:
         send.wait(reraise=False)  # the training's own error is the one to see
         raise
@@ -126,9 +127,9 @@ def train_worker(loop_config: dict) -> None:
         # every rank reports, or the group stalls; Train uploads in the background, then deletes the folder
         ray.train.report(metrics, checkpoint=saved, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
-    train.fit(cfg, train_split, val_split, classes,
-              _reporter(resume, history, nodes=_distinct_nodes(world), send=send, rank=rank),
-              device=ray.train.torch.get_device(), resume=resume)
+    report = _reporter(resume, history, nodes=_distinct_nodes(world), send=send, rank=rank)
+    if not _reported_as_finished(cfg, resume, history, report):
+        train.fit(cfg, train_split, val_split, classes, report, device=ray.train.torch.get_device(), resume=resume)
 
 
 def _train_ddp(config: dict) -> None:
@@ -224,3 +225,15 @@ def _reporter(resume: dict | None, history: list[dict], *, nodes: int, rank: int
         send(metrics, directory)
 
     return report
+
+
+def _reported_as_finished(cfg: dict, resume: dict | None, history: list[dict],
+                          report: Callable[[dict, Callable[[], dict]], None]) -> bool:
+    """True when the checkpoint a restored trial resumes from is its last epoch's: it finished while its
+    driver was gone (SIGKILL, then `--resume`). Nothing is left to train, so its last epoch is reported
+    once more, with the history backfill, so the new driver records the trial's result and every epoch."""
+    if resume is None or resume["epoch"] < cfg["train"]["epochs"] or not history:
+        return False
+    last = {k: v for k, v in history.pop().items() if k not in ("worker_nodes", "resumed_from")}
+    report(last, lambda: resume)  # appends `last` to the history again
+    return True
