@@ -26,18 +26,35 @@ RUNNER_CHECKOUT = Path(__file__).resolve().parents[2]  # the runner's own code, 
 
 def _git_commit(start: Path) -> str | None:
     """HEAD's commit read from .git files (no git binary needed; `ray job submit` may lack one)."""
-    git = next((d / ".git" for d in (start, *start.parents) if (d / ".git").is_dir()), None)
-    if git is None:
+    found = _git_dirs(start)
+    if found is None:
         return None
+    git, common = found
     head = (git / "HEAD").read_text().strip()
     ref = head.removeprefix("ref: ")
     if ref == head:
         return head  # detached
-    if (git / ref).is_file():
-        return (git / ref).read_text().strip()
-    packed = git / "packed-refs"
+    for folder in (git, common):
+        if (folder / ref).is_file():
+            return (folder / ref).read_text().strip()
+    packed = common / "packed-refs"
     lines = packed.read_text().splitlines() if packed.is_file() else []
     return next((line.split()[0] for line in lines if line.endswith(" " + ref)), None)
+
+
+def _git_dirs(start: Path) -> tuple[Path, Path] | None:
+    """(the checkout's git folder, the repository's common folder). In a plain clone both are `.git`; in a
+    `git worktree` or a submodule `.git` is a file naming the git folder (`gitdir: ...`), whose `commondir`
+    names the folder that holds the shared refs."""
+    for folder in (start, *start.parents):
+        dot = folder / ".git"
+        if dot.is_dir():
+            return dot, dot
+        if dot.is_file() and (text := dot.read_text().strip()).startswith("gitdir: "):
+            git = (folder / text.removeprefix("gitdir: ")).resolve()
+            common = git / "commondir"
+            return git, (git / common.read_text().strip()).resolve() if common.is_file() else git
+    return None
 
 
 def _ray_job_id() -> str | None:
