@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -86,6 +87,21 @@ def run_direct(trials: list[spec.Trial], threads: int, directory: str) -> list[f
         seconds.append(time.perf_counter() - started)
         print(f"  direct {trial.name}: {seconds[-1]:.1f} s", flush=True)
     return seconds
+
+
+def run_direct_lanes(trials: list[spec.Trial], threads: int, directory: str, lanes: int) -> float:
+    """The same trials `lanes` at a time without Ray: one plain process per lane, started together (their
+    start-up and imports not counted); the wall time of the slowest lane. Two trainings at once on a
+    small machine each run slower than one alone: this separates that from what the runner adds."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(lanes) as pool:
+        totals = pool.starmap(_lane, [(trials[i::lanes], threads, os.path.join(directory, f"lane{i}"))
+                                      for i in range(lanes)])
+    return max(totals)
+
+
+def _lane(trials: list[spec.Trial], threads: int, directory: str) -> float:
+    return sum(run_direct(trials, threads, directory))
 
 
 # ---------------------------------------------------------------- through the runner
@@ -253,6 +269,8 @@ def main() -> None:
         per_slot = sum(direct) / concurrency
         print(f"direct: {sum(direct):.1f} s for {len(direct)} trials one after another; / {concurrency} = "
               f"{per_slot:.1f} s (the ideal grid)", flush=True)
+        lanes_s = run_direct_lanes(loaded.trials, threads, os.path.join(work, "lanes"), concurrency)
+        print(f"direct, {concurrency} plain processes at once (no Ray): {lanes_s:.1f} s", flush=True)
         for workers in paths:
             name = "1 worker: in the trial process" if workers == 1 else f"{workers} workers: TorchTrainer (DDP)"
             result = run_runner(specs[workers], os.path.join(work, f"run{workers}"), a.num_cpus, env, a.timeout)
@@ -265,6 +283,9 @@ def main() -> None:
     for name, workers, f in figures:
         goal = "goal <= 3 s" if workers == 1 else "target <= 12 s"
         print(f"[{name}] start latency median {f['latency_median']:.1f} s, max {f['latency_max']:.1f} s ({goal})")
+    for name, _, f in figures:
+        print(f"[{name}] grid / the same trials {concurrency} at a time without Ray: {f['grid'] / lanes_s:.2f}x "
+              f"(what the runner adds beyond {concurrency} trainings sharing the machine)")
     for name, workers, f in figures:
         goal = " (goal <= 1.35x)" if workers == 1 else ""
         print(f"ratio runner grid / (direct sum / {concurrency}) [{name}]: {f['ratio']:.2f}x{goal}")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,12 @@ def test_check_applies_set_data_and_epochs_as_run_would(tmp_path: Path, capsys: 
     trial = printed[0]["trials"][0]
     assert trial["config"]["data"]["path"] == "synthetic:50" and trial["config"]["train"]["epochs"] == 3
     assert trial["config"]["optimizer"]["lr"] == 0.5
+
+
+def test_an_unexpected_exception_prints_its_traceback_and_exits_1() -> None:
+    """Expected errors are one `runner: error:` line and exit 2; a bug is not dressed up as one."""
+    bug = "import sys, runner.cli as c; c._models = lambda args: 1 / 0; sys.exit(c.main(['models']))"
+    done = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr
+    assert "runner: error" not in done.stderr

@@ -370,6 +370,7 @@ base:
   scaling: {workers: 1, cpus_per_worker: 0.25, trial_cpus: 0.5}
 runs:
   - name: solo
+    train.epochs: 3
   - name: ddp
     scaling.workers: 2
 """
@@ -405,9 +406,10 @@ class BlackHole:
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_mlflow_outage_of_either_kind_stalls_no_trial_and_loses_no_write(mlflow_server, short_dir):  # noqa: ANN001
-    """Refused connections, then a listener that accepts and never answers (each request would wait 600 s):
-    both trial paths keep training, the outage is reported once with the URI's credentials masked, and every
-    buffered write lands when the server is back."""
+    """Refused connections, then a listener that accepts and never answers (each request would wait 600 s).
+    One trial at a time, so the outage spans every moment of a trial's life: the 1-worker trial trains and
+    finishes in it, the DDP trial starts and trains in it. Neither waits, the outage is reported once with
+    the URI's credentials masked, and every buffered write lands when the server is back."""
     from mlflow import MlflowClient
 
     spec = write_spec(short_dir, OUTAGE)
@@ -415,16 +417,17 @@ def test_mlflow_outage_of_either_kind_stalls_no_trial_and_loses_no_write(mlflow_
     env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": f"{short_dir}/t",
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "600"}
     env.pop("RAY_ADDRESS", None)
-    driver = Driver(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--no-register"],
-                    short_dir, env)
+    driver = Driver(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--no-register",
+                     "--max-concurrent", "1"], short_dir, env)
     try:
-        driver.wait_for("[solo] epoch 1/6", 180)
+        driver.wait_for("[solo] epoch 1/3", 180)
         mlflow_server.stop()
         try:
-            driver.wait_for("[solo] epoch 2/6", 60)  # refused meanwhile
+            driver.wait_for("[solo] epoch 2/3", 60)  # refused meanwhile
             hole = BlackHole(mlflow_server.port)
-            try:  # a request to it waits 600 s: had Tune waited on MLflow, no epoch would come now
-                driver.wait_for("[solo] epoch 4/6", 120)
+            try:  # a request to it waits 600 s: had Tune waited on MLflow, no trial would finish or start now
+                driver.wait_for("[solo] finished", 120)
+                driver.wait_for("[ddp] epoch 2/6", 120)
             finally:
                 hole.close()
         finally:
@@ -442,8 +445,9 @@ def test_mlflow_outage_of_either_kind_stalls_no_trial_and_loses_no_write(mlflow_
     runs = client.search_runs([client.get_experiment_by_name("outage_grid").experiment_id])
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     for child in (r for r in runs if r.data.tags.get("runner.kind") == "trial"):
+        epochs = {"solo": 3, "ddp": 6}[child.info.run_name]
         for key in ("val_acc", "train_loss", "lr"):
-            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4, 5, 6]
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == list(range(1, epochs + 1))
         assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")} == {"checkpoint/state.pt"}
 
 
