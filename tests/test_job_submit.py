@@ -135,7 +135,7 @@ class RayHead:
                 found.append(int(entry))
         return found
 
-    def stop(self, grace_s: float = 20) -> None:
+    def stop(self, grace_s: float = 5) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in self.pids():
                 try:
