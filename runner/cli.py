@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and flag in one place, read like `runner --help`: long by design, one line per flag."""
     parser = argparse.ArgumentParser(prog="runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"runner {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
