@@ -1,5 +1,6 @@
-"""`checkpoint.keep: N` keeps the N best checkpoints by val accuracy *plus the latest* (Ray Train never
-deletes the latest: a restart resumes from it), so storage holds at most N + 1 per trial.
+"""`checkpoint.keep: N` keeps the N best checkpoints by val accuracy *plus the latest* (Ray, Tune for a
+1-worker trial and Train for a DDP one, never deletes the latest: a restart resumes from it), so storage
+holds at most N + 1 per trial; the best one is what gets registered.
 
 The trial is made to end worse than it began: an easy data set (a hue per class) learned to ~0.9 in
 epoch 1, then a cyclic schedule whose peak lr destroys the weights for epochs 2 and 3. With keep 1 the
@@ -20,6 +21,7 @@ import pytest
 from PIL import Image
 
 from runner.data import prepare
+from runner.submission import score
 
 pytestmark = [pytest.mark.ray]
 
@@ -41,20 +43,23 @@ runs:
 """
 
 
-def hue_folder(root: Path, per_class: int = 80) -> Path:
-    """`folder:` source: root/<class>/*.png, class k a hue under random brightness and noise."""
+def hue_folder(root: Path, per_class: int = 80, test_per_class: int = 5) -> Path:
+    """`folder:` source: root/{train,test}/<class>/*.png, class k a hue under random brightness and noise."""
     rng = np.random.default_rng(0)
-    for k in range(10):
-        (root / f"hue{k}").mkdir(parents=True)
-        colour = np.array(colorsys.hsv_to_rgb(k / 10, 1.0, 1.0), np.float32)
-        for i in range(per_class):
-            pixels = colour * rng.uniform(0.6, 1.0) + rng.uniform(-0.15, 0.15, (32, 32, 3))
-            Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)).save(root / f"hue{k}" / f"{i}.png")
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for k in range(10):
+            (root / split / f"hue{k}").mkdir(parents=True)
+            colour = np.array(colorsys.hsv_to_rgb(k / 10, 1.0, 1.0), np.float32)
+            for i in range(count):
+                pixels = colour * rng.uniform(0.6, 1.0) + rng.uniform(-0.15, 0.15, (32, 32, 3))
+                Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)).save(
+                    root / split / f"hue{k}" / f"{split}{i}.png")
     return root
 
 
 @pytest.mark.timeout(300)
 def test_keep_one_leaves_the_best_and_the_latest(short_dir: str, tmp_path: Path) -> None:
+    """...and the best, not the latest, is what gets registered and predicts the `--submission`."""
     import torch
     from mlflow import MlflowClient
 
@@ -64,7 +69,8 @@ def test_keep_one_leaves_the_best_and_the_latest(short_dir: str, tmp_path: Path)
     spec = Path(short_dir, "keep.yaml")
     spec.write_text(textwrap.dedent(SPEC.format(data=data)))
     done = subprocess.run([sys.executable, "-m", "runner", "run", str(spec), "--storage", f"{short_dir}/results",
-                           "--num-cpus", "2", "--no-register"], capture_output=True, text=True, env=env, cwd=short_dir)
+                           "--num-cpus", "2", "--submission", f"{short_dir}/sub.csv"], capture_output=True, text=True,
+                          env=env, cwd=short_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -76,3 +82,4 @@ def test_keep_one_leaves_the_best_and_the_latest(short_dir: str, tmp_path: Path)
     kept = sorted(torch.load(state, weights_only=True)["epoch"]
                   for state in Path(short_dir, "results").rglob("checkpoint_*/state.pt"))
     assert kept == [1, 3]  # the best by val accuracy, plus the latest; epoch 2 deleted
+    assert score(f"{short_dir}/sub.csv", f"{data}/solution.csv") >= 0.6  # epoch 1's weights (~1.0), not epoch 3's

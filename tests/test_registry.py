@@ -191,6 +191,17 @@ def test_report_shows_cost_and_is_written_with_the_umask(grid: dict, env_uri: st
     assert "cpu_h" in (tmp_path / "report.md").read_text().splitlines()[0]
 
 
+def test_register_flags_pick_the_run_the_name_the_alias_and_the_metric(grid: dict, env_uri: str,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    worse = grid["runs"]["worse"]
+    assert cli.main(["register", "--run-id", worse, "--name", "cli-model", "--alias", "first"]) == 0
+    holder = MlflowClient(env_uri).get_model_version_by_alias("cli-model", "first")
+    assert holder.run_id == worse  # that run, under that name and alias; the spec's own model is untouched
+    assert str(MlflowClient(env_uri).get_model_version_by_alias("m1", "champion").version) == grid["first"].version
+    assert cli.main(["register", "m1", "--metric", "no_such_metric", "--name", "cli-model"]) == 2
+    assert "no FINISHED trial has metric 'no_such_metric'" in capsys.readouterr().err
+
+
 def test_report_format_prints_markdown_csv_or_json(grid: dict, env_uri: str, capsys: pytest.CaptureFixture) -> None:
     printed = {}
     for fmt in ("md", "csv", "json"):

@@ -256,18 +256,19 @@ def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir, 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": short_dir,
                                                             "object_store_memory": 100 * 2**20})
     for _ in range(2):
-        cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
     try:
         ray.init(address=cluster.address)
         path = write_spec(short_dir, GRID.replace("cpus_per_worker: 0.25, trial_cpus: 0.5",
-                                                  "cpus_per_worker: 1, trial_cpus: 1")
+                                                  "cpus_per_worker: 1, trial_cpus: 1, placement: SPREAD")
                           .replace("optimizer.lr: [0.05, 0.1]", "optimizer.lr: [0.05]"))
         trials = spec.load_spec(path).trials
         grid = tuner.run_tuner(trials, experiment="multinode", storage=f"{short_dir}/results", max_concurrent=1,
                               scheduler=None, callbacks=[])
         result = grid[0]
         assert result.error is None, result.error
-        # The head's only CPU holds the trial driver, so each 1-CPU worker needs its own node.
+        # The head's only CPU holds the trial driver; either worker node could hold both 1-CPU workers (PACK,
+        # the default, puts them together): scaling.placement SPREAD puts them on two nodes.
         assert result.metrics["worker_nodes"] == 2 and result.metrics["epoch"] == 2
     finally:
         ray.shutdown()
