@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from test_train import lrs  # the lr of every step, stepped as the training core does
 
 import models
 from runner import spec
 from runner.core import train
-from runner.core.schedule import Schedule
 from runner.data import Split
 
 TINY = {"model.name": "wrn_std", "model.depth": 10, "model.width": 1, "train.epochs": 1, "train.batch_size": 8}
@@ -51,22 +51,6 @@ def test_train_compile_wraps_what_trains_and_evaluates_the_plain_weights() -> No
     assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)  # compiled lazily, on first call
     assert not isinstance(plain.model, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled.eval_model is compiled.net  # evaluation needs no second compiled graph
-
-
-def lrs(schedule: dict, epochs: int, accs: list[float] | None = None) -> list[float]:
-    cfg = spec.trial_config({**{f"schedule.{k}": v for k, v in schedule.items()}, "optimizer.lr": 1.0,
-                             "train.epochs": epochs})
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([parameter], lr=1.0)
-    schedule_ = Schedule(optimizer, cfg["schedule"], epochs)
-    out = []
-    for epoch in range(epochs):
-        out.append(optimizer.param_groups[0]["lr"])
-        parameter.grad = torch.zeros(1)
-        optimizer.step()
-        schedule_.after_step()
-        schedule_.after_epoch(accs[epoch] if accs else 0.5)
-    return out
 
 
 def test_schedule_constant_keeps_the_base_lr_after_its_warmup() -> None:
