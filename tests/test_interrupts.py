@@ -56,7 +56,9 @@ def test_an_interrupt_ends_the_run_killed_and_resume_trains_only_the_unfinished(
     from mlflow import MlflowClient
 
     spec = write_spec(short_dir, SPEC.replace("WORKERS", str(workers)))
-    args = ["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "1"]
+    submission = f"{short_dir}/submission.csv"
+    args = ["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "1",
+            "--submission", submission]
     env = environment(short_dir)
     first = Driver(args, short_dir, env)  # registers the best trial when it finishes: it must not
     try:
@@ -83,6 +85,7 @@ def test_an_interrupt_ends_the_run_killed_and_resume_trains_only_the_unfinished(
     status = {r.info.run_name: (r.info.status, r.data.tags.get("status")) for r in runs}
     assert status == {experiment: ("KILLED", None), "quick": ("FINISHED", "FINISHED"), "long": ("KILLED", "KILLED")}
     assert client.search_registered_models() == []  # nothing registered
+    assert not os.path.exists(submission)  # and no submission written
 
     if signum != signal.SIGTERM:  # resuming is the same after either signal: checked once
         return
@@ -99,6 +102,7 @@ def test_an_interrupt_ends_the_run_killed_and_resume_trains_only_the_unfinished(
     long_run = next(r for r in runs if r.info.run_name == "long")
     assert sorted(m.step for m in client.get_metric_history(long_run.info.run_id, "val_acc")) == list(range(1, 9))
     assert [m.name for m in client.search_registered_models()] == ["interrupted"]
+    assert os.path.getsize(submission) > 0  # the finished grid writes it from the registered model
 
 
 @pytest.mark.timeout(400)
