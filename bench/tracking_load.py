@@ -11,7 +11,7 @@ after (the tracker's `MetricBatcher`: per-run batches, sender threads).
 
     python bench/tracking_load.py                        # 400 trials, 30 s of epochs, both writers
     python bench/tracking_load.py --trials 200 --writer after
-    python bench/tracking_load.py --quick                # 20 trials, 6 s (a smoke run)
+    python bench/tracking_load.py --quick                # 10 trials, 3 s (a smoke run)
 Goal (issue 12): 400 trials with lag < 5 s and nothing dropped.
 """
 
@@ -185,9 +185,9 @@ def main() -> None:
     parser.add_argument("--senders", type=int, help="metric sender threads (default: the tracker's)")
     parser.add_argument("--writer", choices=["both", "before", "after"], default="both",
                         help="before: one request per result in the caller's thread; after: the tracker's batcher")
-    parser.add_argument("--quick", action="store_true", help="20 trials, 6 s")
+    parser.add_argument("--quick", action="store_true", help="10 trials, 3 s")
     args = parser.parse_args()
-    trials, seconds = (20, 6.0) if args.quick else (args.trials, args.seconds)
+    trials, seconds = (10, 3.0) if args.quick else (args.trials, args.seconds)
     rates = {}
     for writer in (["before", "after"] if args.writer == "both" else [args.writer]):
         with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, Server(Path(tmp), args.workers) as server:
