@@ -30,9 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # MLflow's artifact progress bars are carriage-return noise in `ray job logs` and CI output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow prints "View run X at: <tracking URI>/..." per ended run: noise in a grid, and the URI as typed
-    # (with any user:password@). The start line and the results say where the runs are.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from runner import masking, storage
 
     masking.redact_log_records()  # credentials in a URI never reach a log line

@@ -154,9 +154,12 @@ class Tracker:
 
     def trial_run(self, trial_id: str) -> tuple[str, str] | None:
         """(run id, MLflow status) of this invocation's run for `trial_id`, if it has one."""
-        found = self._find(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id or '')} and "
-                           f"tags.`runner.trial_id` = {quote(trial_id)}")
+        found = self._find_trial(trial_id)
         return None if found is None else (found.info.run_id, found.info.status)
+
+    def _find_trial(self, trial_id: str) -> Any | None:
+        return self._find(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id or '')} and "
+                          f"tags.`runner.trial_id` = {quote(trial_id)}")
 
     def start_trial(self, trial_id: str, name: str, config: Mapping[str, Any], *,
                     tags: Mapping[str, Any] | None = None, reported: Mapping[str, Any] | None = None) -> str:
@@ -164,8 +167,7 @@ class Tracker:
         logged steps are remembered, so re-reported epochs are not logged twice."""
         if self.parent_run_id is None:
             raise TrackingError("start_parent() must be called before start_trial()")
-        found = self._find(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} and "
-                           f"tags.`runner.trial_id` = {quote(trial_id)}")
+        found = self._find_trial(trial_id)
         extra = {k: redact(str(v)) for k, v in (tags or {}).items()}
         extra.update({f"reported.{k}": redact(str(v)) for k, v in (reported or {}).items()})
         if found is not None:

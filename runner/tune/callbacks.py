@@ -30,10 +30,14 @@ def epochs_of(trial: Trial) -> int:
     return trial.config["trial"]["config"]["train"]["epochs"]
 
 
+def status_after(epoch: int, epochs: int) -> str:
+    """An ended trial's status: FINISHED, or STOPPED when Tune ended it (a scheduler's decision) before its
+    last epoch."""
+    return "FINISHED" if epoch >= epochs else "STOPPED"
+
+
 def ended_status(trial: Trial) -> str:
-    """FINISHED, or STOPPED when Tune ended it (a scheduler's decision) before its last epoch."""
-    last = (trial.last_result or {}).get("epoch") or 0
-    return "FINISHED" if last >= epochs_of(trial) else "STOPPED"
+    return status_after((trial.last_result or {}).get("epoch") or 0, epochs_of(trial))
 
 
 def backfilled(result: dict) -> list[dict]:
@@ -185,10 +189,16 @@ class Tracking(ray.tune.Callback):
             best = kept[-1].checkpoint if kept else None
             return lambda: best
         _, path = self.best.get(trial.trial_id, (None, None))
+        best = self._stored(path)
+        return lambda: best
+
+    def _stored(self, path: str | None) -> ray.train.Checkpoint | None:
+        """A `checkpoint_path` from a DDP trial's results: a path inside the storage filesystem (no scheme
+        for s3://)."""
         if path is None:
-            return lambda: None
+            return None
         filesystem, _ = pyarrow.fs.FileSystem.from_uri(self.storage if "://" in self.storage else "file:///")
-        return lambda: ray.train.Checkpoint(path, filesystem=filesystem)
+        return ray.train.Checkpoint(path, filesystem=filesystem)
 
     def settle(self, result: ray.tune.Result, status: str) -> None:
         """A trial that ended in an earlier attempt of a resumed run whose driver was killed before it had
@@ -197,9 +207,7 @@ class Tracking(ray.tune.Callback):
         name, config = result.config["trial"]["name"], result.config["trial"]["config"]
         trial_id = result.metrics.get("trial_id")
         kept = sorted(result.best_checkpoints or [], key=lambda pair: pair[1].get("val_acc", -1.0))
-        path = result.metrics.get("checkpoint_path")
-        filesystem, _ = pyarrow.fs.FileSystem.from_uri(self.storage if "://" in self.storage else "file:///")
-        best = kept[-1][0] if kept else ray.train.Checkpoint(path, filesystem=filesystem) if path else None
+        best = kept[-1][0] if kept else self._stored(result.metrics.get("checkpoint_path"))
 
         def settle() -> None:
             found = self.tracker.trial_run(trial_id)

@@ -202,7 +202,7 @@ def _row_from_tune(trial: spec.Trial, result: object) -> dict:
     elif epoch is None:
         status = "NOT STARTED"
     else:
-        status = "FINISHED" if epoch >= trial.config["train"]["epochs"] else "STOPPED"
+        status = callbacks.status_after(epoch, trial.config["train"]["epochs"])
     frame = getattr(result, "metrics_dataframe", None)
     best = metrics
     if frame is not None and "val_acc" in frame and len(frame):
