@@ -169,8 +169,9 @@ def main() -> None:
     try:
         first = summarise("direct (1st)", run_direct(cfg, a.threads, os.path.join(work, "direct1")))
         started = time.time()
-        ray.init(num_cpus=a.num_cpus or os.cpu_count(), include_dashboard=not a.quick, dashboard_host="127.0.0.1",
-                 logging_level="warning", configure_logging=True, log_to_driver=False,  # as runner run, quieter
+        # As runner run, quieter; address="local": a Ray of its own, never one recorded in /tmp/ray.
+        ray.init(address="local", num_cpus=a.num_cpus or os.cpu_count(), include_dashboard=not a.quick,
+                 dashboard_host="127.0.0.1", logging_level="warning", configure_logging=True, log_to_driver=False,
                  _temp_dir=os.path.join(work, "ray"))
         print(f"ray.init {time.time() - started:.1f} s", flush=True)
         try:

@@ -81,6 +81,8 @@ class WideResNet(nn.Module):
         self._initialise(layout)
 
     def _initialise(self, layout: Layout) -> None:
+        if self.fc.weight.is_meta:
+            return  # built on the meta device to be counted: no values to draw, and drawing them there is slow
         fan_mode = "fan_in" if layout == "davda54" else "fan_out"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

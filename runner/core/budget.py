@@ -24,6 +24,8 @@ Other names get no suggestion.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +63,13 @@ class Verdict:
 
 def count(model_cfg: Mapping[str, Any], num_classes: int) -> int:
     """Trainable parameters of `{"name": ..., **kwargs}` at `num_classes` outputs, built on the meta device."""
-    name, kwargs = _split(model_cfg)
+    return _count(json.dumps(dict(model_cfg), sort_keys=True), num_classes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _count(model_json: str, num_classes: int) -> int:
+    # A search judges hundreds of samples and their under-cap neighbours, mostly the same few shapes.
+    name, kwargs = _split(json.loads(model_json))
     try:
         with torch.device("meta"):
             return models.count_params(models.build(name, num_classes, **kwargs))
