@@ -181,6 +181,35 @@ def test_asha_stops_weak_trials_on_both_paths_and_every_trial_runs(short_dir):
     assert {children[n].data.tags["status"] for n in stopped} == {"STOPPED"}
 
 
+ASHA_IN_PROCESS = ASHA.split("runs:")[0] + """runs:
+  - name: good-a
+  - name: good-b
+  - name: stuck-a
+    optimizer.lr: 0.0000001
+  - name: stuck-b
+    optimizer.lr: 0.0000001
+  - name: later
+"""
+
+
+@pytest.mark.timeout(400)
+def test_asha_over_in_process_trials_starts_each_trial_after_a_stop_in_a_fresh_process(short_dir):
+    """A trial ASHA stops is still training (its last report uploads beside the next epoch). Had Tune reused
+    its process for `later`, the reset would wait TUNE_FUNCTION_THREAD_TIMEOUT_S for it, fail, fail `later`
+    and stall the grid: the README's m3 line did that once epochs took over 2 s. 0 s here makes any such
+    reset fail every time."""
+    spec = write_spec(short_dir, ASHA_IN_PROCESS.replace("name: asha", "name: asha_solo"))
+    done = runner(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "2",
+                   "--scheduler", "asha", "--no-register"], cwd=short_dir, timeout=380,
+                  MLFLOW_TRACKING_URI=f"sqlite:///{short_dir}/mlflow.db", TUNE_FUNCTION_THREAD_TIMEOUT_S="0")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    rows = {r["trial"]: r for r in results_csv(f"{short_dir}/results", "asha_solo-")}
+    assert sorted(rows) == ["good-a", "good-b", "later", "stuck-a", "stuck-b"]
+    assert {r["status"] for r in rows.values()} == {"FINISHED", "STOPPED"}, rows  # a stop happened, no failure
+    assert int(rows["later"]["epochs"]) >= 1, rows  # it trained after the stops
+
+
 def _probe_worker(config: dict) -> None:
     """Runs the real training core on each rank, then compares weights across ranks."""
     import hashlib

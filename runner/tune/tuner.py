@@ -65,7 +65,7 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
                                         scheduler=_scheduler(scheduler, trials),
                                         trial_name_creator=_trial_label,
                                         trial_dirname_creator=_trial_dirname,
-                                        reuse_actors=_reuse_actors(scheduler, trials)),
+                                        reuse_actors=_reuse_actors(scheduler)),
         run_config=ray.tune.RunConfig(
             name=experiment, storage_path=storage, callbacks=callbacks, verbose=0,
             # per-trial values are set by PerTrialSettings; these are what a trial starts with
@@ -81,13 +81,16 @@ def _checkpoint_config(keep: int) -> ray.tune.CheckpointConfig:
                                      checkpoint_score_order=MODE)
 
 
-def _reuse_actors(scheduler: str | None, trials: list[Trial]) -> bool:
+def _reuse_actors(scheduler: str | None) -> bool:
     """Reuse a finished trial's process for the next trial of the same shape: it skips a process start and
-    the imports (seconds per trial here). Not when a scheduler may stop a DDP trial early: its process is
-    still inside `TorchTrainer.fit()` then, Tune's reset would time out, and the *next* trial would fail
-    ("Trainable runner reuse requires reset_config() ...", seen with ASHA). Without reuse Tune ends the
-    stopped trial's process, and its TorchTrainer with it."""
-    return scheduler in (None, "fifo") or all(t.config["scaling"]["workers"] == 1 for t in trials)
+    the imports (seconds per trial here). Only when every trial runs to its end (no scheduler that stops
+    trials early): Tune resets a reused process by waiting TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for the
+    stopped trial's function to return, and a stopped trial is still busy then: a DDP trial inside
+    `TorchTrainer.fit()`, a 1-worker trial in the epoch it trains while its last report uploads. The reset
+    fails and the *next* trial with it ("Trainable runner reuse requires reset_config() ..."), after which
+    the grid waited forever (seen with ASHA over 1-worker trials once epochs took over 2 s). Without reuse
+    Tune ends the stopped trial's process, and a TorchTrainer with it."""
+    return scheduler in (None, "fifo")
 
 
 def _scheduler(name: str | None, trials: list[Trial]) -> ASHAScheduler | None:
