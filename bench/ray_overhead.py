@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from runner import data, spec  # noqa: E402
 from runner.core import checkpoint, train  # noqa: E402
+from runner.tune import cluster as ray_cluster  # noqa: E402
 
 
 def trial_config(a: argparse.Namespace) -> dict:
@@ -169,10 +170,10 @@ def main() -> None:
     try:
         first = summarise("direct (1st)", run_direct(cfg, a.threads, os.path.join(work, "direct1")))
         started = time.time()
-        # As runner run, quieter; address="local": a Ray of its own, never one recorded in /tmp/ray.
-        ray.init(address="local", num_cpus=a.num_cpus or os.cpu_count(), include_dashboard=not a.quick,
-                 dashboard_host="127.0.0.1", logging_level="warning", configure_logging=True, log_to_driver=False,
-                 _temp_dir=os.path.join(work, "ray"))
+        # As runner run, quieter: a Ray of its own, never one recorded in /tmp/ray.
+        ray_cluster.start_local_ray(a.num_cpus, include_dashboard=not a.quick, dashboard_host="127.0.0.1",
+                                    logging_level="warning", configure_logging=True, log_to_driver=False,
+                                    _temp_dir=os.path.join(work, "ray"))
         print(f"ray.init {time.time() - started:.1f} s", flush=True)
         try:
             through_ray = summarise("Ray Train", run_ray(cfg, a.threads, os.path.join(work, "ray-run")))

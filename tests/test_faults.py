@@ -113,6 +113,7 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(s3, short_dir, mon
     from runner import spec
     from runner.tracking import tracker as tracking
     from runner.tune import callbacks, tuner
+    from runner.tune import cluster as ray_cluster
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
@@ -120,7 +121,7 @@ def test_node_loss_resumes_from_the_last_committed_checkpoint(s3, short_dir, mon
     uri = f"sqlite:///{short_dir}/mlflow.db"
     text = NODE_LOSS.replace("WORKERS", str(workers)).replace("TRIAL_CPUS", "1" if workers > 1 else "0.5")
     try:
-        ray.init(address=cluster.address)
+        ray_cluster.connect_ray(cluster.address)
         trials = spec.load_spec(write_spec(short_dir, text.replace("CPUS", str(1 if workers > 1 else 0.5)))).trials
         watch = watch_callback()
         tracker = tracking.Tracker("node_loss", uri, staging_dir=short_dir)

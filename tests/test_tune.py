@@ -249,10 +249,12 @@ def test_ddp_ranks_end_with_identical_weights_and_split_the_batch(short_dir, mon
     import ray.train
     import ray.train.torch
 
+    from runner.tune import cluster as ray_cluster
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    ray.init(address="local", num_cpus=2, _temp_dir=short_dir, include_dashboard=False)
+    ray_cluster.start_local_ray(2, _temp_dir=short_dir, include_dashboard=False)
     try:
         overrides = {"data.path": "synthetic:300", "model.name": "wrn_std", "model.depth": 10,
                      "model.width": 1, "train.epochs": 1, "train.batch_size": 32, "model.dropout": 0.2}
@@ -278,6 +280,7 @@ def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir, 
     from ray.cluster_utils import Cluster
 
     from runner import spec
+    from runner.tune import cluster as ray_cluster
     from runner.tune import tuner
 
     for key, value in ENV.items():
@@ -287,7 +290,7 @@ def test_simulated_cluster_places_the_two_workers_on_different_nodes(short_dir, 
     for _ in range(2):
         cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
     try:
-        ray.init(address=cluster.address)
+        ray_cluster.connect_ray(cluster.address)
         path = write_spec(short_dir, GRID.replace("cpus_per_worker: 0.25, trial_cpus: 0.5",
                                                   "cpus_per_worker: 1, trial_cpus: 1, placement: SPREAD")
                           .replace("optimizer.lr: [0.05, 0.1]", "optimizer.lr: [0.05]"))

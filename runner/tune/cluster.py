@@ -1,6 +1,8 @@
 """Reaching Ray: a local instance, or the cluster RAY_ADDRESS names; and what the grid may plan on.
 
     start_ray(num_cpus)        # connect (RAY_ADDRESS) or start a local Ray
+    connect_ray(address)       # join a running cluster
+    start_local_ray(num_cpus)  # a Ray of this process's own, whatever else runs on the machine
     capacity()                 # resources up now, or what the autoscaler may add
 """
 
@@ -67,24 +69,71 @@ def probe_ray_address(timeout_s: float = 5.0) -> None:
 
 
 def start_ray(num_cpus: float | None) -> None:
+    """Connect to the cluster RAY_ADDRESS names, or start a local Ray; nothing if Ray is up already."""
     import ray
 
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        try:
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        except Exception as err:  # noqa: BLE001 - Ray raises several unrelated types here
-            raise resources.ResourceError(
-                f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is unreachable ({type(err).__name__}: {err}); start the "
-                "cluster (`ray up cluster.yaml` / `ray start --head`) or unset RAY_ADDRESS for a local Ray") from err
+        connect_ray(os.environ["RAY_ADDRESS"])
         return
     # A local Ray has no spot nodes to watch and nobody scraping Train's metrics: both cost a process
     # and start-up time per trial (bench/tune_overhead.py). Clusters keep Ray's defaults.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-    # address="local": never attach to a cluster some `ray start` left recorded in /tmp/ray.
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             configure_logging=True, logging_level="warning")
+    start_local_ray(num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=True,
+                    logging_level="warning")
 
 
+def connect_ray(address: str) -> None:
+    """Join the running cluster at `address`, its processes told which cluster is theirs (`knows_its_cluster`)."""
+    import ray
+
+    host, _, port = address.rpartition(":")
+    own = knows_its_cluster(address) if host and "://" not in host and port.isdigit() else None  # not "auto"
+    try:
+        ray.init(address=address, log_to_driver=True, runtime_env=own)
+    except Exception as err:  # noqa: BLE001 - Ray raises several unrelated types here
+        raise resources.ResourceError(
+            f"RAY_ADDRESS={address} is unreachable ({type(err).__name__}: {err}); start the cluster "
+            "(`ray up cluster.yaml` / `ray start --head`) or unset RAY_ADDRESS for a local Ray") from err
+
+
+def start_local_ray(num_cpus: float | None, **options: object) -> str:
+    """Start a Ray of this process's own (never one some `ray start` left recorded in /tmp/ray) whose
+    every process knows its address; `options` go to `ray.init`. Returns the GCS address."""
+    import ray
+
+    port = _free_port()
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    previous = os.environ.get(GCS_PORT_ENV)
+    os.environ[GCS_PORT_ENV] = str(port)  # read once, when the head starts: the address is known beforehand
+    try:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), runtime_env=knows_its_cluster(address),
+                 **options)
+    finally:
+        if previous is None:
+            os.environ.pop(GCS_PORT_ENV, None)
+        else:
+            os.environ[GCS_PORT_ENV] = previous
+    return ray.get_runtime_context().gcs_address
+
+
+def knows_its_cluster(address: str) -> dict:
+    """A job's runtime env that names its own cluster to every process of the job.
+
+    Ray Train's placement-group cleaner (Ray 2.60) asks the state API whether the run's controller is
+    alive, with no address; the state API then takes the cluster last recorded in
+    /tmp/ray/ray_current_cluster (by `ray start` or ray.cluster_utils), which on a machine running a
+    second Ray is the other one. It finds no such actor there and removes the live run's placement
+    group: the trial dies with "A worker health check failed ... its placement group was removed"."""
+    return {"env_vars": {"RAY_ADDRESS": address}}
+
+
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
