@@ -116,7 +116,7 @@ def start_local_ray(num_cpus: float | None, **options: object) -> str:
             os.environ.pop(GCS_PORT_ENV, None)
         else:
             os.environ[GCS_PORT_ENV] = previous
-    return ray.get_runtime_context().gcs_address
+    return address
 
 
 def knows_its_cluster(address: str) -> dict:
