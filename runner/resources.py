@@ -19,6 +19,11 @@ class ResourceError(ValueError):
     """A grid that cannot be placed; the message carries the arithmetic."""
 
 
+def trains_in_process(workers: int) -> bool:
+    """Which trial path: one worker trains inside its Tune trial process, N >= 2 are a TorchTrainer's DDP ranks."""
+    return workers == 1
+
+
 @dataclass(frozen=True)
 class TrialNeed:
     """What one trial holds while it runs, as the bundles Ray is asked for: the arithmetic below and the
@@ -37,7 +42,7 @@ class TrialNeed:
 
     @property
     def in_process(self) -> bool:
-        return self.workers == 1
+        return trains_in_process(self.workers)
 
     def trial_bundle(self, driver_resource: str | None = None) -> dict[str, float]:
         """The Tune trial process's bundle. `driver_resource` (a custom resource some nodes advertise, e.g.

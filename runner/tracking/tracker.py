@@ -246,9 +246,12 @@ class Tracker:
         self._batcher().add(run_id, fresh)  # batched with the run's other epochs, sent by other threads
 
     def finish_trial(self, run_id: str, status: str = "FINISHED", checkpoint: str | os.PathLike | None = None,
-                     history: Mapping[int, Mapping[str, float]] | None = None) -> dict:
+                     history: Mapping[int, Mapping[str, float]] | None = None,
+                     costs: Mapping[str, float] | None = None) -> dict:
         """End a trial's run: summary metrics at the best checkpoint, tags, plots, the checkpoint file.
-        `status` is one of RUN_STATUS (STOPPED: ended early by a scheduler). Returns the trial's results row.
+        `status` is one of RUN_STATUS (STOPPED: ended early by a scheduler). `costs`: the trial's
+        `cost.trial_cost` as its caller measured it (the Tune bridge: the same figures as results.csv);
+        without them, measured from `start_trial`. Returns the trial's results row.
         A failure to stage an artifact (a full disk) is tagged on the run (`artifact_error`); the run still ends."""
         history = dict(history or self._history.get(run_id, {}))
         row = self._rows.setdefault(run_id, {"trial": run_id, "run_id": run_id, "reported": {}})
@@ -288,8 +291,9 @@ class Tracker:
                 self.client, self.experiment_id, run_id, state, step=best or 0,
                 params=flatten_params(state.get("config") or {}), tags=trial_tags)))
         started, need, data = self._trials.pop(run_id, (None, None, None))
-        costs = {} if need is None else cost.trial_cost(
-            need, time.monotonic() - started, [m.get("images_per_s", math.nan) for m in history.values()])
+        if costs is None:
+            costs = {} if need is None else cost.trial_cost(
+                need, time.monotonic() - started, [m.get("images_per_s", math.nan) for m in history.values()])
         fresh = {k: v for k, v in summary_of.best_values(summary).items() if (run_id, k, last) not in self._seen}
         self._queue.submit("trial summary", lambda: self.client.log_batch(  # model id: set by the write above
             run_id, metrics=summary_of.metrics(fresh, costs, last, model.get("id"), data),

@@ -170,21 +170,22 @@ class Tracking(ray.tune.Callback):
         # SIGKILLs seconds later), and `--resume` finishes the trial and logs its checkpoint then.
         locate = (lambda: None) if status == "KILLED" else self._best_checkpoint(record["trial"])
         self.writer.submit(f"end the run of {record['name']}", lambda: self._with_run(
-            trial_id, lambda run: self._finish_run(run, status, locate)))
+            trial_id, lambda run: self._finish_run(run, status, locate, record["cost"])))
 
-    def _finish_run(self, run: str, status: str, locate: Callable[[], ray.train.Checkpoint | None]) -> None:
+    def _finish_run(self, run: str, status: str, locate: Callable[[], ray.train.Checkpoint | None],
+                    costs: dict) -> None:
         found = locate()
         if found is None:
-            self.tracker.finish_trial(run, status, None)
+            self.tracker.finish_trial(run, status, None, costs=costs)
             return
         # a local path, or a download from s3:// (on this thread, so Tune does not wait for it)
         with found.as_directory() as local:
-            self.tracker.finish_trial(run, status, local)
+            self.tracker.finish_trial(run, status, local, costs=costs)
 
     def _best_checkpoint(self, trial: Trial) -> Callable[[], ray.train.Checkpoint | None]:
         """The trial's best checkpoint by val accuracy: Tune's own record for a 1-worker trial; for a DDP
         trial the best `checkpoint_path` its results carried (a path in the storage filesystem)."""
-        if trial.config["trial"]["config"]["scaling"]["workers"] == 1:
+        if resources.trains_in_process(trial.config["trial"]["config"]["scaling"]["workers"]):
             kept = trial.run_metadata.checkpoint_manager.best_checkpoint_results  # ascending by score
             best = kept[-1].checkpoint if kept else None
             return lambda: best

@@ -43,7 +43,7 @@ HISTORY = "history.json"  # beside state.pt in every checkpoint folder
 
 def run_trial(config: dict) -> None:
     """The Tune function trainable: `config` is {"trial": {"name", "config"}, "train_storage", ...}."""
-    if config["trial"]["config"]["scaling"]["workers"] == 1:
+    if resources.trains_in_process(config["trial"]["config"]["scaling"]["workers"]):
         _train_in_process(config["trial"]["config"])
     else:
         _train_ddp(config)

@@ -11,6 +11,7 @@ import re
 import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 
+from runner import resources
 from runner.spec import Trial
 from runner.tune.search import BudgetGate
 from runner.tune.trial import METRIC, MODE, run_trial, trial_resources
@@ -23,8 +24,7 @@ class PerTrialSettings(ray.tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: ray.tune.experiment.Trial, **info) -> None:
         cfg = trial.config["trial"]["config"]
-        in_process = cfg["scaling"]["workers"] == 1
-        trial.max_failures = cfg["max_failures"] if in_process else 0
+        trial.max_failures = cfg["max_failures"] if resources.trains_in_process(cfg["scaling"]["workers"]) else 0
         # No public setter in Ray 2.60; the manager reads this on every checkpoint it registers.
         trial.run_metadata.checkpoint_manager._checkpoint_config = _checkpoint_config(cfg["checkpoint"]["keep"])
 
@@ -57,7 +57,7 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
         sampling = {"metric": search.found.metric, "mode": search.found.mode, "search_alg": search,
                     "num_samples": -1}
         trials = [Trial(name="base", config=search.found.base())]  # the shape every sample shares
-    in_process = [t for t in trials if t.config["scaling"]["workers"] == 1]
+    in_process = [t for t in trials if resources.trains_in_process(t.config["scaling"]["workers"])]
     tuner = ray.tune.Tuner(
         trainable,
         param_space=param_space,
