@@ -13,6 +13,7 @@ import tempfile as _tempfile
 import time as _time
 import urllib.request as _urlrequest
 import uuid as _uuid
+from collections.abc import Callable as _Callable
 from collections.abc import Iterator as _Iterator
 from pathlib import Path as _Path
 
@@ -69,6 +70,12 @@ def _free_port() -> int:
     with _socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@_pytest.fixture
+def free_port() -> _Callable[[], int]:
+    """A port nothing listens on now (for a server a test starts)."""
+    return _free_port
 
 
 def _stop_group(proc: _subprocess.Popen | None) -> None:

@@ -19,14 +19,6 @@ pytestmark = [pytest.mark.ray]
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
-
-
 def _what_a_cleaner_sees() -> dict:
     """Train's cleaner as Ray 2.60 starts it: detached, from an actor that has env vars of its own, asking
     the state API, with no address, for the actor that started it."""
@@ -54,7 +46,7 @@ def _what_a_cleaner_sees() -> dict:
 
 
 @pytest.mark.timeout(240)
-def test_a_ray_process_finds_its_own_cluster_while_another_is_recorded(short_dir, monkeypatch):
+def test_a_ray_process_finds_its_own_cluster_while_another_is_recorded(short_dir, monkeypatch, free_port):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -67,7 +59,7 @@ def test_a_ray_process_finds_its_own_cluster_while_another_is_recorded(short_dir
     # ray.cluster_utils records its head in /tmp/ray/ray_current_cluster, as `ray start` does.
     other = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "temp_dir": f"{short_dir}/other", "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": _free_port(), "object_store_memory": 80 * 2**20})
+        "dashboard_port": free_port(), "object_store_memory": 80 * 2**20})
     try:
         own = cluster.start_local_ray(1, include_dashboard=True, dashboard_host="127.0.0.1",
                                       logging_level="warning", object_store_memory=80 * 2**20)

@@ -56,11 +56,12 @@ def probe_ray_address(timeout_s: float = 5.0) -> None:
     """RAY_ADDRESS names a cluster: reach its port before anything is spent. Ray's own connect retries
     for minutes against a dead address (no answer after 200 s, Ray 2.60), which looks like a hang."""
     address = os.environ.get("RAY_ADDRESS", "")
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or "://" in host or not port.isdigit():
+    host_port = _host_port(address.removeprefix("ray://"))
+    if host_port is None:
         return  # "auto", "local", or a form Ray itself will explain
+    host, port = host_port
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), port), timeout=timeout_s).close()
     except OSError as err:
         raise resources.ResourceError(
             f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({err}); start the cluster "
@@ -89,8 +90,7 @@ def connect_ray(address: str) -> None:
     """Join the running cluster at `address`, its processes told which cluster is theirs (`knows_its_cluster`)."""
     import ray
 
-    host, _, port = address.rpartition(":")
-    own = knows_its_cluster(address) if host and "://" not in host and port.isdigit() else None  # not "auto"
+    own = knows_its_cluster(address) if _host_port(address) else None  # not "auto" or a ray:// client
     try:
         ray.init(address=address, log_to_driver=True, runtime_env=own)
     except Exception as err:  # noqa: BLE001 - Ray raises several unrelated types here
@@ -131,6 +131,12 @@ def knows_its_cluster(address: str) -> dict:
 
 
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """("host", port) of a plain host:port address; None for "auto", "local" or a URL."""
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if host and "://" not in host and port.isdigit() else None
 
 
 def _free_port() -> int:
