@@ -105,20 +105,3 @@ def test_runner_check_cluster_cpus_sets_how_many_cpu_trials_run_at_once(history:
     assert cli.main(["check", cpu_grid, "--cluster-gpus", "0", "--cluster-cpus", "4"]) == 0
     assert "grid on 0 GPUs: wall 12.0 min" in capsys.readouterr().out  # two at a time
 
-
-def test_a_trial_run_logs_the_cost_its_caller_measured(tracking_uri: str) -> None:
-    """The Tune bridge measures a trial's cost once (it goes to results.csv without waiting on MLflow) and
-    hands it to the tracker: the run's cost metrics are those figures, not a second clock's."""
-    from mlflow import MlflowClient
-
-    scaling = {"workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "trial_cpus": 0.5}
-    need = TrialNeed("t", trial_cpus=0.5, workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0)
-    measured = cost.trial_cost(need, 7200.0, [300.0])  # two hours: no clock of the test's run gives that
-    with Tracker("measured", tracking_uri) as tracker:
-        tracker.start_parent()
-        run_id = tracker.start_trial("t", "t", {"model": {"name": "wrn"}, "scaling": scaling})
-        tracker.log_epoch(run_id, {"epoch": 1, "val_acc": 0.5, "images_per_s": 300.0, "epoch_s": 1.0})
-        tracker.finish_trial(run_id, "FINISHED", costs=measured)
-        tracker.finish_parent()
-    logged = MlflowClient(tracking_uri).get_run(run_id).data.metrics
-    assert logged[cost.WALL_S] == 7200.0 and logged[cost.CPU_HOURS] == pytest.approx(2.5 * 7200 / 3600)

@@ -173,7 +173,8 @@ class Tracking(ray.tune.Callback):
             trial_id, lambda run: self._finish_run(run, status, locate, record["cost"])))
 
     def _finish_run(self, run: str, status: str, locate: Callable[[], ray.train.Checkpoint | None],
-                    costs: dict) -> None:
+                    costs: dict | None = None) -> None:
+        """`costs`: what this driver measured of the trial; None for a trial it never saw run (`settle`)."""
         found = locate()
         if found is None:
             self.tracker.finish_trial(run, status, None, costs=costs)
