@@ -4,6 +4,7 @@ the refusal of grids that cannot be placed. Every test has a timeout: a resource
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -193,21 +194,35 @@ ASHA_IN_PROCESS = ASHA.split("runs:")[0] + """runs:
 
 
 @pytest.mark.timeout(400)
-def test_asha_over_in_process_trials_starts_each_trial_after_a_stop_in_a_fresh_process(short_dir):
-    """A trial ASHA stops is still training (its last report uploads beside the next epoch). Had Tune reused
-    its process for `later`, the reset would wait TUNE_FUNCTION_THREAD_TIMEOUT_S for it, fail, fail `later`
-    and stall the grid: the README's m3 line did that once epochs took over 2 s. 0 s here makes any such
-    reset fail every time."""
+def test_asha_over_in_process_trials_reuses_a_stopped_trials_process_and_every_trial_runs(short_dir):
+    """Five 1-worker trials, two at a time, some stopped by ASHA while their next epoch trains: Tune reuses
+    the stopped trials' processes (two processes train all five) and no reset fails a trial. That a stopped
+    trial leaves its epoch before its next step, so the reset need not wait for the epoch, is
+    tests/test_trial_stop.py."""
     spec = write_spec(short_dir, ASHA_IN_PROCESS.replace("name: asha", "name: asha_solo"))
     done = runner(["run", spec, "--storage", f"{short_dir}/results", "--num-cpus", "2", "--max-concurrent", "2",
                    "--scheduler", "asha", "--no-register"], cwd=short_dir, timeout=380,
-                  MLFLOW_TRACKING_URI=f"sqlite:///{short_dir}/mlflow.db", TUNE_FUNCTION_THREAD_TIMEOUT_S="0")
+                  MLFLOW_TRACKING_URI=f"sqlite:///{short_dir}/mlflow.db")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     rows = {r["trial"]: r for r in results_csv(f"{short_dir}/results", "asha_solo-")}
     assert sorted(rows) == ["good-a", "good-b", "later", "stuck-a", "stuck-b"]
     assert {r["status"] for r in rows.values()} == {"FINISHED", "STOPPED"}, rows  # a stop happened, no failure
     assert int(rows["later"]["epochs"]) >= 1, rows  # it trained after the stops
+    pids = trial_pids(f"{short_dir}/results", "asha_solo-")
+    assert len(pids) == 5 and len(set(pids.values())) <= 2, (pids, out[-4000:])
+
+
+def trial_pids(root: str, prefix: str) -> dict[str, int]:
+    """{trial folder: the pid of the process that trained it}, from each trial's first Tune result."""
+    experiment = next(d for d in os.listdir(root) if d.startswith(prefix))
+    pids = {}
+    for folder in os.listdir(f"{root}/{experiment}"):
+        result = f"{root}/{experiment}/{folder}/result.json"
+        if os.path.exists(result):
+            with open(result) as fh:
+                pids[folder] = json.loads(fh.readline())["pid"]
+    return pids
 
 
 def _probe_worker(config: dict) -> None:

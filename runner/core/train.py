@@ -42,6 +42,10 @@ Reporter = Callable[[dict, Callable[[], dict]], None]
 EVAL_BATCH = 512
 
 
+class Stopped(Exception):
+    """Raised by `fit` between two steps once its `should_stop()` says so: the epoch is abandoned."""
+
+
 @dataclass
 class FitResult:
     metrics: dict
@@ -79,6 +83,7 @@ class Run:
     steps_per_epoch: int
     start_epoch: int = 0
     best_val_acc: float = 0.0
+    should_stop: Callable[[], bool] | None = None  # asked before every step; see `fit`
 
     @property
     def eval_model(self) -> nn.Module:
@@ -101,9 +106,15 @@ def default_device() -> torch.device:
 
 
 def fit(cfg: dict, train: Split, val: Split | None, classes: list[str], report: Reporter | None = None,
-        *, device: torch.device | None = None, resume: dict | None = None) -> FitResult:
-    """Train `cfg` for its epochs (from `resume["epoch"]` when resuming) and return the last metrics."""
+        *, device: torch.device | None = None, resume: dict | None = None,
+        should_stop: Callable[[], bool] | None = None) -> FitResult:
+    """Train `cfg` for its epochs (from `resume["epoch"]` when resuming) and return the last metrics.
+
+    `should_stop` is for a caller told to stop while an epoch trains (a scheduler's early stop arrives
+    one report late): once it returns True, `fit` raises `Stopped` before the next step, so the
+    caller's process is free again within one step instead of one epoch."""
     run = prepare(cfg, train, val, classes, device=device, resume=resume)
+    run.should_stop = should_stop
     metrics: dict = {}
     for epoch in range(run.start_epoch, cfg["train"]["epochs"]):
         metrics, confusion = run_epoch(run, epoch)
@@ -184,6 +195,7 @@ def train_epoch(run: Run, epoch: int) -> torch.Tensor:
     sums = torch.zeros(2, device=run.device, dtype=torch.float64)
     seen = 0  # counted on the host: a device tensor built from it each step would be a sync
     for i in range(run.steps_per_epoch):
+        _check_stop(run)
         index = order[i * batch:(i + 1) * batch]
         x, y = run.augment(run.train_x[index], generator), run.train_y[index]
         x, target = run.mixer(x, y, generator) if run.mixer.on else (x, y)
@@ -206,6 +218,7 @@ def evaluate(run: Run, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     run.eval_model.eval()
     generator = _eval_generator(run, epoch)
     for start in range(0, len(run.val_y), EVAL_BATCH):
+        _check_stop(run)
         y = run.val_y[start:start + EVAL_BATCH]
         logits = _eval_logits(run, run.val_x[start:start + EVAL_BATCH], generator)
         predicted = logits.argmax(1)
@@ -215,6 +228,11 @@ def evaluate(run: Run, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         confusion.index_add_(0, y * c + predicted, torch.ones_like(y))
     seen = torch.full((1,), float(len(run.val_y)), dtype=torch.float64, device=run.device)
     return torch.cat([sums, seen]), confusion.view(c, c)
+
+
+def _check_stop(run: Run) -> None:
+    if run.should_stop is not None and run.should_stop():
+        raise Stopped("should_stop() turned true during an epoch")
 
 
 def _eval_logits(run: Run, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -43,6 +43,10 @@ HISTORY = "history.json"  # beside state.pt in every checkpoint folder
 
 def run_trial(config: dict) -> None:
     """The Tune function trainable: `config` is {"trial": {"name", "config"}, "train_storage", ...}."""
+    # Tune waits this long (default 2 s) for a stopped trial's function to return before it reuses the
+    # process for the next trial, and fails that trial if it has not: a 1-worker trial returns within one
+    # training step of the stop (tuner._reuse_actors), and a step on a CPU can take longer than 2 s.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     if resources.trains_in_process(config["trial"]["config"]["scaling"]["workers"]):
         _train_in_process(config["trial"]["config"])
     else:
@@ -70,7 +74,11 @@ def _train_in_process(cfg: dict) -> None:
     report = _reporter(resume, history, nodes=1, send=send, rank=0)
     try:
         if not _reported_as_finished(cfg, resume, history, report):
-            train.fit(cfg, train_split, val_split, classes, report, device=device, resume=resume)
+            train.fit(cfg, train_split, val_split, classes, report, device=device, resume=resume,
+                      should_stop=send.halted.is_set)
+    except train.Stopped:
+        send.wait()  # raises what halted the reports: Tune's stop (SystemExit) or an error
+        raise
     except BaseException:
         send.wait(reraise=False)  # the training's own error is the one to see
         raise
@@ -80,11 +88,13 @@ def _train_in_process(cfg: dict) -> None:
 class _InBackground:
     """`ray.tune.report` from a helper thread, one report at a time and in order, so the next epoch trains
     while this one's checkpoint uploads; the thread deletes the folder after. What a report raised (an error,
-    or the SystemExit by which Tune stops a trial) is raised in the training thread at the next report."""
+    or the SystemExit by which Tune stops a trial) sets `halted`, which the training loop asks before every
+    step, and is raised in the training thread by `wait`."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._raised: BaseException | None = None
+        self.halted = threading.Event()
 
     def __call__(self, metrics: dict, directory: str | None) -> None:
         self.wait()
@@ -96,6 +106,7 @@ class _InBackground:
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory))
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread
             self._raised = exc
+            self.halted.set()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 

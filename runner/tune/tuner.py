@@ -65,7 +65,7 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
                                         scheduler=_scheduler(scheduler, trials),
                                         trial_name_creator=_trial_label,
                                         trial_dirname_creator=_trial_dirname,
-                                        reuse_actors=_reuse_actors(scheduler)),
+                                        reuse_actors=_reuse_actors(scheduler, in_process, trials)),
         run_config=ray.tune.RunConfig(
             name=experiment, storage_path=storage, callbacks=callbacks, verbose=0,
             # per-trial values are set by PerTrialSettings; these are what a trial starts with
@@ -81,16 +81,15 @@ def _checkpoint_config(keep: int) -> ray.tune.CheckpointConfig:
                                      checkpoint_score_order=MODE)
 
 
-def _reuse_actors(scheduler: str | None) -> bool:
-    """Reuse a finished trial's process for the next trial of the same shape: it skips a process start and
-    the imports (seconds per trial here). Only when every trial runs to its end (no scheduler that stops
-    trials early): Tune resets a reused process by waiting TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for the
-    stopped trial's function to return, and a stopped trial is still busy then: a DDP trial inside
-    `TorchTrainer.fit()`, a 1-worker trial in the epoch it trains while its last report uploads. The reset
-    fails and the *next* trial with it ("Trainable runner reuse requires reset_config() ..."), after which
-    the grid waited forever (seen with ASHA over 1-worker trials once epochs took over 2 s). Without reuse
-    Tune ends the stopped trial's process, and a TorchTrainer with it."""
-    return scheduler in (None, "fifo")
+def _reuse_actors(scheduler: str | None, in_process: list[Trial], trials: list[Trial]) -> bool:
+    """Reuse a finished or stopped trial's process for the next trial of the same shape: it skips a process
+    start and the imports (seconds per trial, and a CUDA context on a GPU). Tune resets a reused process by
+    waiting TUNE_FUNCTION_THREAD_TIMEOUT_S for the old trial's function to return, and a reset that fails
+    fails the next trial. A trial that runs to its end has returned; one a scheduler stops is still in the
+    epoch after the report it was stopped on: a 1-worker trial leaves it before its next step
+    (`train.fit(should_stop=...)`, runner/tune/trial.py), a DDP trial is inside `TorchTrainer.fit()`, which
+    nothing ends in time. So: always under FIFO, under ASHA only when every trial trains in process."""
+    return scheduler in (None, "fifo") or len(in_process) == len(trials)
 
 
 def _scheduler(name: str | None, trials: list[Trial]) -> ASHAScheduler | None:
