@@ -104,4 +104,3 @@ def test_runner_check_cluster_cpus_sets_how_many_cpu_trials_run_at_once(history:
     assert "grid on 0 GPUs: wall 24.0 min" in capsys.readouterr().out  # one at a time
     assert cli.main(["check", cpu_grid, "--cluster-gpus", "0", "--cluster-cpus", "4"]) == 0
     assert "grid on 0 GPUs: wall 12.0 min" in capsys.readouterr().out  # two at a time
-

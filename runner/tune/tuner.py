@@ -65,7 +65,7 @@ def run_tuner(trials: list[Trial], *, experiment: str, storage: str, max_concurr
                                         scheduler=_scheduler(scheduler, trials),
                                         trial_name_creator=_trial_label,
                                         trial_dirname_creator=_trial_dirname,
-                                        reuse_actors=_reuse_actors(scheduler, in_process, trials)),
+                                        reuse_actors=_reuse_actors(scheduler, len(in_process) == len(trials))),
         run_config=ray.tune.RunConfig(
             name=experiment, storage_path=storage, callbacks=callbacks, verbose=0,
             # per-trial values are set by PerTrialSettings; these are what a trial starts with
@@ -81,7 +81,7 @@ def _checkpoint_config(keep: int) -> ray.tune.CheckpointConfig:
                                      checkpoint_score_order=MODE)
 
 
-def _reuse_actors(scheduler: str | None, in_process: list[Trial], trials: list[Trial]) -> bool:
+def _reuse_actors(scheduler: str | None, every_trial_in_process: bool) -> bool:
     """Reuse a finished or stopped trial's process for the next trial of the same shape: it skips a process
     start and the imports (seconds per trial, and a CUDA context on a GPU). Tune resets a reused process by
     waiting TUNE_FUNCTION_THREAD_TIMEOUT_S for the old trial's function to return, and a reset that fails
@@ -89,7 +89,7 @@ def _reuse_actors(scheduler: str | None, in_process: list[Trial], trials: list[T
     epoch after the report it was stopped on: a 1-worker trial leaves it before its next step
     (`train.fit(should_stop=...)`, runner/tune/trial.py), a DDP trial is inside `TorchTrainer.fit()`, which
     nothing ends in time. So: always under FIFO, under ASHA only when every trial trains in process."""
-    return scheduler in (None, "fifo") or len(in_process) == len(trials)
+    return scheduler in (None, "fifo") or every_trial_in_process
 
 
 def _scheduler(name: str | None, trials: list[Trial]) -> ASHAScheduler | None:
