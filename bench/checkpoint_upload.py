@@ -157,7 +157,7 @@ def time_ray(state_file: str, epochs: int, epoch_s: float, scratch: Path, tune_o
     import ray.tune
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as runner/tune/trial.py sets it
-    ray_cluster.start_local_ray(2, include_dashboard=False, logging_level="warning")  # never a recorded Ray
+    ray_cluster.start_local_ray(2, logging_level="warning")  # never a recorded Ray
     results = {}
     try:
         out = scratch / "tune.json"

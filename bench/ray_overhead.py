@@ -171,8 +171,7 @@ def main() -> None:
         first = summarise("direct (1st)", run_direct(cfg, a.threads, os.path.join(work, "direct1")))
         started = time.time()
         # As runner run, quieter: a Ray of its own, never one recorded in /tmp/ray.
-        ray_cluster.start_local_ray(a.num_cpus, include_dashboard=not a.quick, dashboard_host="127.0.0.1",
-                                    logging_level="warning", configure_logging=True, log_to_driver=False,
+        ray_cluster.start_local_ray(a.num_cpus, logging_level="warning", configure_logging=True, log_to_driver=False,
                                     _temp_dir=os.path.join(work, "ray"))
         print(f"ray.init {time.time() - started:.1f} s", flush=True)
         try:

@@ -269,7 +269,7 @@ def test_ddp_ranks_end_with_identical_weights_and_split_the_batch(short_dir, mon
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    ray_cluster.start_local_ray(2, _temp_dir=short_dir, include_dashboard=False)
+    ray_cluster.start_local_ray(2, _temp_dir=short_dir)
     try:
         overrides = {"data.path": "synthetic:300", "model.name": "wrn_std", "model.depth": 10,
                      "model.width": 1, "train.epochs": 1, "train.batch_size": 32, "model.dropout": 0.2}

@@ -82,8 +82,7 @@ def start_ray(num_cpus: float | None) -> None:
     # and start-up time per trial (bench/tune_overhead.py). Clusters keep Ray's defaults.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-    start_local_ray(num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=True,
-                    logging_level="warning")
+    start_local_ray(num_cpus, configure_logging=True, logging_level="warning")
 
 
 def connect_ray(address: str) -> None:
@@ -101,9 +100,18 @@ def connect_ray(address: str) -> None:
 
 def start_local_ray(num_cpus: float | None, **options: object) -> str:
     """Start a Ray of this process's own (never one some `ray start` left recorded in /tmp/ray) whose
-    every process knows its address; `options` go to `ray.init`. Returns the GCS address."""
+    every process knows its address; `options` go to `ray.init`. Returns the GCS address.
+
+    Always with its dashboard (on 127.0.0.1): the state API behind it is how Ray Train's placement-group
+    cleaner sees the run's controller alive. Without one, the state API asks 127.0.0.1:8265, which on a
+    machine running another Ray is that Ray's dashboard: it knows no such actor, and the cleaner removes
+    the live run's placement group (see `knows_its_cluster`)."""
     import ray
 
+    if options.get("include_dashboard") is False:
+        raise ValueError("start_local_ray: include_dashboard=False would let Ray Train's placement-group cleaner "
+                         "ask another Ray's dashboard and end live runs; the dashboard is always on")
+    options = {"include_dashboard": True, "dashboard_host": "127.0.0.1", **options}
     port = _free_port()
     address = f"{ray.util.get_node_ip_address()}:{port}"
     previous = os.environ.get(GCS_PORT_ENV)
